@@ -1,0 +1,108 @@
+"""Turn verified raw bytes into an Event: the snapshot (v1) envelope or the thin (v2) notification."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+SNAPSHOT_OBJECT = "event"
+THIN_OBJECT = "v2.core.event"
+
+
+class EnvelopeError(ValueError):
+    """The body verified but is not something we can store as an event."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    api_version: str | None
+    account: str | None
+    thin: bool
+    raw: str  # the body exactly as received, decoded as UTF-8
+    body: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def data_object(self) -> dict[str, Any] | None:
+        data = self.body.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        return obj if isinstance(obj, dict) else None
+
+    @property
+    def object_id(self) -> str | None:
+        if self.thin:
+            related = self.body.get("related_object")
+            return related.get("id") if isinstance(related, dict) else None
+        obj = self.data_object
+        value = obj.get("id") if obj else None
+        return value if isinstance(value, str) else None
+
+
+def _rfc3339_to_unix(value: str) -> int:
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+
+
+def parse_event(raw: bytes) -> Event:
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EnvelopeError("invalid_json", f"Body is not valid UTF-8 JSON: {exc}") from None
+    return event_from_json(body, text)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise EnvelopeError("invalid_event", message)
+
+
+def event_from_json(body: Any, raw: str) -> Event:
+    """Validate the envelope of an already decoded body; ``raw`` is kept for byte-exact storage."""
+    _require(isinstance(body, dict), "Body is JSON but not an object, so not a Stripe event")
+    kind = body.get("object")
+    _require(kind in (SNAPSHOT_OBJECT, THIN_OBJECT), "Not a Stripe event: 'object' must be 'event'")
+    event_id, event_type = body.get("id"), body.get("type")
+    _require(isinstance(event_id, str) and event_id != "", "Event has no 'id'")
+    _require(isinstance(event_type, str) and event_type != "", "Event has no 'type'")
+    created = body.get("created")
+    thin = kind == THIN_OBJECT
+    if thin:
+        _require(isinstance(created, str), "Thin event 'created' must be an RFC 3339 string")
+        try:
+            created = _rfc3339_to_unix(created)
+        except ValueError:
+            raise EnvelopeError("invalid_event", "Thin event 'created' is not RFC 3339") from None
+    else:
+        _require(
+            isinstance(created, int) and not isinstance(created, bool),
+            "Event 'created' must be a unix timestamp",
+        )
+        data = body.get("data")
+        _require(
+            isinstance(data, dict) and isinstance(data.get("object"), dict),
+            "Event has no 'data.object'",
+        )
+    livemode = body.get("livemode", False)
+    api_version = body.get("api_version")
+    account = body.get("account")
+    return Event(
+        id=event_id,
+        type=event_type,
+        created=created,
+        livemode=bool(livemode),
+        api_version=api_version if isinstance(api_version, str) else None,
+        account=account if isinstance(account, str) else None,
+        thin=thin,
+        raw=raw,
+        body=body,
+    )

@@ -1,0 +1,18 @@
+"""Event type -> handler. A handler writes through its session and never commits."""
+
+from __future__ import annotations
+
+from app.handlers.base import Handler
+from app.handlers.invoices import INVOICE_EVENT_TYPES, handle_invoice_event
+from app.handlers.items import handle_invoiceitem_created, handle_invoiceitem_deleted
+from app.handlers.payments import handle_invoice_payment_paid
+
+SNAPSHOT_HANDLERS: dict[str, Handler] = {
+    "invoice_payment.paid": handle_invoice_payment_paid,
+    "invoiceitem.created": handle_invoiceitem_created,
+    "invoiceitem.deleted": handle_invoiceitem_deleted,
+    **dict.fromkeys(INVOICE_EVENT_TYPES, handle_invoice_event),
+}
+
+# Thin (v2) events carry no snapshot; their handlers get the whole notification body.
+THIN_HANDLERS: dict[str, Handler] = {}

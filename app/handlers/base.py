@@ -1,0 +1,62 @@
+"""What every handler shares: its signature, its outcome and small helpers for Stripe values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"  # every row it touched already held a newer version
+    IGNORED = "ignored"  # an event type the mirror does not keep
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The event a snapshot came from: handlers version their writes with it."""
+
+    event_id: str
+    created: int
+    type: str
+
+
+StripeObject = dict[str, Any]
+Handler = Callable[[Session, StripeObject, Source], Outcome]
+
+
+def outcome_of(written: bool) -> Outcome:
+    return Outcome.APPLIED if written else Outcome.STALE
+
+
+def ref_id(value: Any) -> str | None:
+    """An expandable field is an id string, or the object itself when expanded."""
+    if isinstance(value, dict):
+        inner = value.get("id")
+        return inner if isinstance(inner, str) else None
+    return value if isinstance(value, str) else None
+
+
+def dig(obj: Any, *path: str) -> Any:
+    for name in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(name)
+    return obj
+
+
+def count_set(mapping: Any) -> int:
+    """How many timestamps of a status_transitions object are set; used to break same-second ties."""
+    if not isinstance(mapping, dict):
+        return 0
+    return sum(1 for value in mapping.values() if value is not None)
+
+
+def to_json_text(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

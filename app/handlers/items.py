@@ -1,0 +1,82 @@
+"""invoiceitem objects: invoiceitem.created and invoiceitem.deleted (Stripe sends no .updated)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.handlers.base import Outcome, Source, StripeObject, dig, outcome_of, ref_id, to_json_text
+from app.models import InvoiceItem
+from app.upsert import NO_DATA, Version, guarded_upsert
+
+STUB_KEYS = frozenset({"id", "object", "deleted"})
+
+
+def item_columns(obj: StripeObject) -> dict[str, Any]:
+    parent = obj.get("parent") or {}
+    pricing = obj.get("pricing") or {}
+    period = obj.get("period") or {}
+    discounts = obj.get("discounts")
+    return {
+        "amount": obj.get("amount"),
+        "currency": obj.get("currency"),
+        "customer": ref_id(obj.get("customer")),
+        "customer_account": obj.get("customer_account"),
+        "date": obj.get("date"),
+        "description": obj.get("description"),
+        "discountable": obj.get("discountable"),
+        "discounts": [ref_id(d) or d for d in discounts] if isinstance(discounts, list) else discounts,
+        "invoice": ref_id(obj.get("invoice")),
+        "livemode": obj.get("livemode"),
+        "metadata": obj.get("metadata"),
+        "net_amount": obj.get("net_amount"),
+        "parent_type": parent.get("type"),
+        "subscription": ref_id(dig(parent, "subscription_details", "subscription")),
+        "subscription_item": dig(parent, "subscription_details", "subscription_item"),
+        "period_start": period.get("start"),
+        "period_end": period.get("end"),
+        "pricing_type": pricing.get("type"),
+        "price": ref_id(dig(pricing, "price_details", "price")),
+        "product": dig(pricing, "price_details", "product"),
+        "unit_amount_decimal": pricing.get("unit_amount_decimal"),
+        "proration": obj.get("proration"),
+        "proration_details": obj.get("proration_details"),
+        "quantity": obj.get("quantity"),
+        "quantity_decimal": obj.get("quantity_decimal"),
+        "tax_rates": obj.get("tax_rates"),
+        "test_clock": ref_id(obj.get("test_clock")),
+        "payload": to_json_text(obj),
+    }
+
+
+def _item_id(obj: StripeObject) -> str:
+    item_id = obj.get("id")
+    if not isinstance(item_id, str):
+        raise ValueError("invoiceitem object has no id")
+    return item_id
+
+
+def handle_invoiceitem_created(session: Session, obj: StripeObject, source: Source) -> Outcome:
+    version = Version(0, source.created, 0, source.event_id)
+    return outcome_of(
+        guarded_upsert(session, InvoiceItem, {"id": _item_id(obj)}, item_columns(obj), version)
+    )
+
+
+def handle_invoiceitem_deleted(session: Session, obj: StripeObject, source: Source) -> Outcome:
+    """A tombstone; the payload may be the full item or the stub {id, object, deleted}."""
+    if set(obj) <= STUB_KEYS:
+        data: dict[str, Any] = {}
+        version = NO_DATA
+    else:
+        data, version = item_columns(obj), Version(0, source.created, 0, source.event_id)
+    written = guarded_upsert(
+        session,
+        InvoiceItem,
+        {"id": _item_id(obj)},
+        data,
+        version,
+        deleted_by=(source.event_id, source.created),
+    )
+    return outcome_of(written)

@@ -1,0 +1,57 @@
+"""invoice_payment objects: from invoice_payment.paid and from lists embedded in invoices."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.handlers.base import Outcome, Source, StripeObject, count_set, dig, outcome_of, ref_id, to_json_text
+from app.models import InvoicePayment
+from app.upsert import Version, guarded_upsert
+
+# paid and canceled are terminal: no snapshot of another status may replace them, whatever its time.
+TERMINAL_STATUSES = frozenset({"paid", "canceled"})
+STATUS_RANK = {"open": 1, "paid": 2, "canceled": 2}
+
+
+def payment_version(obj: StripeObject, source: Source) -> Version:
+    status = obj.get("status")
+    transitions_set = count_set(obj.get("status_transitions"))
+    return Version(
+        precedence=1 if status in TERMINAL_STATUSES else 0,
+        created=source.created,
+        tiebreak=STATUS_RANK.get(status, 0) * 8 + transitions_set,  # type: ignore[arg-type]
+        event_id=source.event_id,
+    )
+
+
+def payment_columns(obj: StripeObject) -> dict[str, object]:
+    payment = obj.get("payment") or {}
+    payment_type = payment.get("type")
+    return {
+        "amount_paid": obj.get("amount_paid"),
+        "amount_requested": obj.get("amount_requested"),
+        "created": obj.get("created"),
+        "currency": obj.get("currency"),
+        "invoice": ref_id(obj.get("invoice")),
+        "is_default": obj.get("is_default"),
+        "livemode": obj.get("livemode"),
+        "payment_type": payment_type,
+        "payment_id": ref_id(payment.get(payment_type)) if isinstance(payment_type, str) else None,
+        "status": obj.get("status"),
+        "paid_at": dig(obj, "status_transitions", "paid_at"),
+        "canceled_at": dig(obj, "status_transitions", "canceled_at"),
+        "payload": to_json_text(obj),
+    }
+
+
+def upsert_invoice_payment(session: Session, obj: StripeObject, source: Source) -> bool:
+    payment_id = obj.get("id")
+    if not isinstance(payment_id, str):
+        raise ValueError("invoice_payment object has no id")
+    return guarded_upsert(
+        session, InvoicePayment, {"id": payment_id}, payment_columns(obj), payment_version(obj, source)
+    )
+
+
+def handle_invoice_payment_paid(session: Session, obj: StripeObject, source: Source) -> Outcome:
+    return outcome_of(upsert_invoice_payment(session, obj, source))

@@ -1,0 +1,107 @@
+"""The single guarded write every handler uses: INSERT ... ON CONFLICT DO UPDATE ... WHERE newer.
+
+There is no read-then-write, so concurrent receivers (several processes on PostgreSQL) cannot lose
+an update: the database row lock serialises the two statements and the WHERE clause sees the row as
+the other one left it. The final state is a pure function of the set of events seen, whatever their
+order: the data columns hold the snapshot of the greatest version, and the tombstone is a flag that
+only ever turns on (with the earliest deleting event remembered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, case, or_, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlmodel import SQLModel
+
+VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
+TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """Total order of snapshots of one object; field order is comparison order."""
+
+    precedence: int
+    created: int
+    tiebreak: int
+    event_id: str
+
+    def as_columns(self) -> dict[str, Any]:
+        return dict(zip(VERSION_COLUMNS, (self.precedence, self.created, self.tiebreak, self.event_id), strict=True))
+
+
+# A tombstone that arrives without a snapshot must not block the snapshot that comes later.
+NO_DATA = Version(-1, 0, 0, "")
+
+
+def insert_for(session: Session, table: Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"Unsupported database dialect {dialect!r}")
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+def guarded_upsert(
+    session: Session,
+    model: type[SQLModel],
+    key: Mapping[str, Any],
+    data: Mapping[str, Any],
+    version: Version,
+    *,
+    deleted_by: tuple[str, int] | None = None,
+) -> bool:
+    """Write ``data`` for the row at ``key`` unless the row holds a newer version.
+
+    ``deleted_by=(event_id, created)`` also marks the row deleted. Returns True when the row was
+    inserted or changed, False when everything the event carried was stale.
+    """
+    table = table_of(model)
+    tombstoned = "deleted" in table.c
+    values: dict[str, Any] = {**key, **data, **version.as_columns()}
+    if tombstoned:
+        values["deleted"] = deleted_by is not None
+        values["deleted_by_event_id"] = deleted_by[0] if deleted_by else None
+        values["deleted_by_event_created"] = deleted_by[1] if deleted_by else None
+    elif deleted_by is not None:
+        raise ValueError(f"{table.name} has no tombstone columns")
+
+    stmt = insert_for(session, table).values(values)
+    new = stmt.excluded
+    current_version = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
+    incoming_version = tuple_(*(new[name] for name in VERSION_COLUMNS))
+    incoming_wins = incoming_version >= current_version
+
+    data_columns = [name for name in values if name not in key and name not in TOMBSTONE_COLUMNS]
+    set_: dict[str, Any] = {
+        name: case((incoming_wins, new[name]), else_=table.c[name]) for name in data_columns
+    }
+    changed = incoming_wins
+    if tombstoned:
+        # Remember the earliest deleting event so replays in any order agree.
+        earlier_delete = and_(
+            new.deleted,
+            or_(
+                table.c.deleted_by_event_id.is_(None),
+                tuple_(new.deleted_by_event_created, new.deleted_by_event_id)
+                < tuple_(table.c.deleted_by_event_created, table.c.deleted_by_event_id),
+            ),
+        )
+        set_["deleted"] = or_(table.c.deleted, new.deleted)
+        for name in ("deleted_by_event_id", "deleted_by_event_created"):
+            set_[name] = case((earlier_delete, new[name]), else_=table.c[name])
+        changed = or_(incoming_wins, earlier_delete)
+
+    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
+    stmt = stmt.returning(*(table.c[name] for name in key))
+    return session.execute(stmt).first() is not None
