@@ -83,14 +83,12 @@ def verify_signature(
     Accepts when any v1 value matches any non-empty secret (secret rotation sends one v1 per secret).
     Every candidate is compared in constant time and the loop does not stop early on a match.
     """
-    usable = [secret for secret in secrets if secret]
+    usable = [secret for secret in secrets if secret.strip()]
     if not usable:
         raise SignatureError(SignatureProblem.NO_SECRET, "No webhook signing secret is configured")
     timestamp, signatures = parse_header(header)
     if not signatures:
-        raise SignatureError(
-            SignatureProblem.NO_V1_SIGNATURE, "No signatures found with expected scheme v1"
-        )
+        raise SignatureError(SignatureProblem.NO_V1_SIGNATURE, "No signatures found with expected scheme v1")
     matched = False
     for secret in usable:
         expected = compute_signature(payload, secret, timestamp).encode("ascii")
