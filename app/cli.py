@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from app.backfill_cli import backfill
 from app.settings import ConfigurationError, Settings
 
 
@@ -78,6 +79,9 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+cli.add_command(backfill)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, case, or_, tuple_
+from sqlalchemy import Table, and_, case, delete, exists, or_, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
@@ -105,3 +105,31 @@ def guarded_upsert(
     stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
     stmt = stmt.returning(*(table.c[name] for name in key))
     return session.execute(stmt).first() is not None
+
+
+
+def delete_superseded(
+    session: Session,
+    child_model: type[SQLModel],
+    child_parent_column: str,
+    marker_model: type[SQLModel],
+    marker_parent_column: str,
+    parent_id: str,
+) -> int:
+    """Delete the children of ``parent_id`` written by a version older than the marker row's version.
+
+    The marker is a guarded row (e.g. the newest complete list of an invoice's lines). One DELETE whose
+    comparison happens in the database against the marker as it stands: an older snapshot can never
+    remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
+    are removed again, so the result does not depend on delivery order.
+    """
+    child, marker = table_of(child_model), table_of(marker_model)
+    child_version = tuple_(*(child.c[name] for name in VERSION_COLUMNS))
+    marker_version = tuple_(*(marker.c[name] for name in VERSION_COLUMNS))
+    superseded = (
+        exists()
+        .where(marker.c[marker_parent_column] == child.c[child_parent_column], child_version < marker_version)
+        .correlate(child)
+    )
+    result = session.execute(delete(child).where(child.c[child_parent_column] == parent_id, superseded))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
