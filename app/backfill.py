@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from app.handlers.base import StripeObject, to_json_text
 from app.handlers.lines import write_lines
-from app.models import Invoice, InvoiceRenderingTemplate
-from app.upsert import VERSION_COLUMNS, Version, guarded_upsert, table_of
+from app.models import Invoice, InvoiceLineItem, InvoiceRenderingTemplate
+from app.upsert import VERSION_COLUMNS, Version, delete_unlisted, guarded_upsert, table_of
 
 BACKFILL_SOURCE = "backfill"
 T = TypeVar("T")
@@ -123,6 +123,9 @@ def backfill_lines(session: Session, invoice_id: str, page: StripeList) -> Lines
     write_lines(session, invoice_id, page.data, page.complete, version)
     cleared = False
     if page.complete:
+        # The list was fetched after that snapshot: lines it no longer names are gone.
+        listed = [line["id"] for line in page.data if isinstance(line.get("id"), str)]
+        delete_unlisted(session, InvoiceLineItem, "invoice", invoice_id, listed, version)
         current = tuple_(*(invoices.c[name] for name in VERSION_COLUMNS))
         result = session.execute(
             update(invoices)

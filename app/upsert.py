@@ -9,7 +9,7 @@ only ever turns on (with the earliest deleting event remembered).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,3 +133,22 @@ def delete_superseded(
     )
     result = session.execute(delete(child).where(child.c[child_parent_column] == parent_id, superseded))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def delete_unlisted(
+    session: Session,
+    model: type[SQLModel],
+    parent_column: str,
+    parent_id: str,
+    listed_ids: Collection[str],
+    version: Version,
+) -> int:
+    """Delete the rows of ``parent_id`` missing from a complete list known at ``version``, unless a
+    newer version wrote them. One guarded DELETE (used by backfills, whose list is newer than the
+    snapshot it is attributed to)."""
+    table = table_of(model)
+    stored = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
+    condition = and_(table.c[parent_column] == parent_id, stored <= tuple_(*version.as_columns().values()))
+    if listed_ids:
+        condition = and_(condition, table.c.id.not_in(list(listed_ids)))
+    return int(session.execute(delete(table).where(condition)).rowcount or 0)  # type: ignore[attr-defined]

@@ -20,7 +20,9 @@ from tests.events import FIXTURES, encode, load_fixture, signed_headers
 BILLING = FIXTURES / "billing"
 # One recorded delivery per event type of the billing resources (plus a has_more variant).
 EVENT_FIXTURES = sorted(
-    path.name for path in BILLING.glob("*.json") if not path.name.startswith(("invoice_rendering", "invoice_lines"))
+    path.name
+    for path in BILLING.glob("*.json")
+    if not path.name.startswith(("invoice_rendering", "invoice_lines"))
 )
 T0 = 1_767_225_600
 INVOICE_A = "in_1SyA10B7WZ01zgkWrnwlA001"
@@ -42,9 +44,11 @@ def fixture_path(name: str) -> Path:
 
 
 def ingest(engine: Engine, *events: dict[str, Any]) -> list[Outcome]:
-    results = EventStore(engine).ingest([parse_event(encode(e)) for e in events])
+    """Apply ``events`` in exactly this order, one transaction each (a batch would sort them)."""
+    store = EventStore(engine)
     outcomes = []
-    for result in results:
+    for event in events:
+        [result] = store.ingest([parse_event(encode(event))])
         assert not isinstance(result, Exception), result
         assert result.error is None, result.error
         outcomes.append(result.outcome)
