@@ -133,6 +133,8 @@ class Invoice(MirrorVersion, Tombstone, table=True):
     __table_args__ = (
         Index("ix_invoices_created_id", "created", "id"),
         Index("ix_invoices_customer_created_id", "customer", "created", "id"),
+        Index("ix_invoices_status_created_id", "status", "created", "id"),
+        Index("ix_invoices_subscription_created_id", "subscription", "created", "id"),
     )
 
     id: str = Field(primary_key=True)
@@ -140,7 +142,7 @@ class Invoice(MirrorVersion, Tombstone, table=True):
     customer_account: str | None = None
     customer_email: str | None = None
     customer_name: str | None = None
-    status: str | None = Field(default=None, index=True)
+    status: str | None = None
     status_transitions: dict[str, Any] | None = _json("status_transitions")
     finalized_at: int | None = _ts()
     paid_at: int | None = _ts()
@@ -162,7 +164,7 @@ class Invoice(MirrorVersion, Tombstone, table=True):
     period_start: int | None = _ts()
     period_end: int | None = _ts()
     parent_type: str | None = None
-    subscription: str | None = Field(default=None, index=True)
+    subscription: str | None = None
     quote: str | None = None
     number: str | None = None
     billing_reason: str | None = None
@@ -252,10 +254,13 @@ def item_pending() -> Any:
 
 class BillingMeter(MirrorVersion, table=True):
     __tablename__ = "billing_meters"
-    __table_args__ = (Index("ix_billing_meters_created_id", "created", "id"),)
+    __table_args__ = (
+        Index("ix_billing_meters_created_id", "created", "id"),
+        Index("ix_billing_meters_status_created_id", "status", "created", "id"),
+    )
 
     id: str = Field(primary_key=True)
-    status: str | None = Field(default=None, index=True)
+    status: str | None = None
     display_name: str | None = None
     event_name: str | None = Field(default=None, index=True)
     event_time_window: str | None = None
@@ -271,18 +276,26 @@ class BillingMeter(MirrorVersion, table=True):
 
 
 class BillingAlert(MirrorVersion, table=True):
+    """Alerts have no creation time: lists are ordered by id, so each filter's index ends with id."""
+
     __tablename__ = "billing_alerts"
+    __table_args__ = (
+        Index("ix_billing_alerts_alert_type_id", "alert_type", "id"),
+        Index("ix_billing_alerts_status_id", "status", "id"),
+        Index("ix_billing_alerts_meter_id", "meter", "id"),
+        Index("ix_billing_alerts_customer_id", "customer", "id"),
+    )
 
     id: str = Field(primary_key=True)
-    alert_type: str | None = Field(default=None, index=True)
-    status: str | None = Field(default=None, index=True)
+    alert_type: str | None = None
+    status: str | None = None
     title: str | None = None
     livemode: bool | None = None
-    meter: str | None = Field(default=None, index=True)
+    meter: str | None = None
     gte: int | None = Field(default=None, sa_type=BigInteger)
     recurrence: str | None = None
     # The customer of a single-customer filter (usage_threshold.filters), for the `customer` list filter.
-    customer: str | None = Field(default=None, index=True)
+    customer: str | None = None
     filters: list[Any] | None = _json("filters")
     payload: str = Field(sa_column=Column(Text, nullable=False))
 
@@ -307,11 +320,14 @@ class InvoiceRenderingTemplate(MirrorVersion, table=True):
     """No events exist for templates: filled by `billing-mirror backfill templates`."""
 
     __tablename__ = "invoice_rendering_templates"
-    __table_args__ = (Index("ix_invoice_rendering_templates_created_id", "created", "id"),)
+    __table_args__ = (
+        Index("ix_invoice_rendering_templates_created_id", "created", "id"),
+        Index("ix_invoice_rendering_templates_status_created_id", "status", "created", "id"),
+    )
 
     id: str = Field(primary_key=True)
     nickname: str | None = None
-    status: str | None = Field(default=None, index=True)
+    status: str | None = None
     version: int | None = Field(default=None, sa_type=BigInteger)
     livemode: bool | None = None
     metadata_: dict[str, Any] | None = _json("metadata")

@@ -4,7 +4,7 @@ meter error reports
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-23 16:09:59.633830
+Create Date: 2026-11-23 16:24:31.680758
 """
 
 from collections.abc import Sequence
@@ -61,10 +61,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_billing_alerts")),
     )
     with op.batch_alter_table("billing_alerts", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_billing_alerts_alert_type"), ["alert_type"], unique=False)
-        batch_op.create_index(batch_op.f("ix_billing_alerts_customer"), ["customer"], unique=False)
-        batch_op.create_index(batch_op.f("ix_billing_alerts_meter"), ["meter"], unique=False)
-        batch_op.create_index(batch_op.f("ix_billing_alerts_status"), ["status"], unique=False)
+        batch_op.create_index("ix_billing_alerts_alert_type_id", ["alert_type", "id"], unique=False)
+        batch_op.create_index("ix_billing_alerts_customer_id", ["customer", "id"], unique=False)
+        batch_op.create_index("ix_billing_alerts_meter_id", ["meter", "id"], unique=False)
+        batch_op.create_index("ix_billing_alerts_status_id", ["status", "id"], unique=False)
 
     op.create_table(
         "billing_meter_error_reports",
@@ -117,7 +117,9 @@ def upgrade() -> None:
     with op.batch_alter_table("billing_meters", schema=None) as batch_op:
         batch_op.create_index("ix_billing_meters_created_id", ["created", "id"], unique=False)
         batch_op.create_index(batch_op.f("ix_billing_meters_event_name"), ["event_name"], unique=False)
-        batch_op.create_index(batch_op.f("ix_billing_meters_status"), ["status"], unique=False)
+        batch_op.create_index(
+            "ix_billing_meters_status_created_id", ["status", "created", "id"], unique=False
+        )
 
     op.create_table(
         "invoice_item_invoices",
@@ -210,7 +212,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("invoice_rendering_templates", schema=None) as batch_op:
         batch_op.create_index("ix_invoice_rendering_templates_created_id", ["created", "id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_invoice_rendering_templates_status"), ["status"], unique=False)
+        batch_op.create_index(
+            "ix_invoice_rendering_templates_status_created_id", ["status", "created", "id"], unique=False
+        )
 
     op.create_table(
         "invoices",
@@ -265,20 +269,22 @@ def upgrade() -> None:
     with op.batch_alter_table("invoices", schema=None) as batch_op:
         batch_op.create_index("ix_invoices_created_id", ["created", "id"], unique=False)
         batch_op.create_index("ix_invoices_customer_created_id", ["customer", "created", "id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_invoices_status"), ["status"], unique=False)
-        batch_op.create_index(batch_op.f("ix_invoices_subscription"), ["subscription"], unique=False)
+        batch_op.create_index("ix_invoices_status_created_id", ["status", "created", "id"], unique=False)
+        batch_op.create_index(
+            "ix_invoices_subscription_created_id", ["subscription", "created", "id"], unique=False
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("invoices", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_invoices_subscription"))
-        batch_op.drop_index(batch_op.f("ix_invoices_status"))
+        batch_op.drop_index("ix_invoices_subscription_created_id")
+        batch_op.drop_index("ix_invoices_status_created_id")
         batch_op.drop_index("ix_invoices_customer_created_id")
         batch_op.drop_index("ix_invoices_created_id")
 
     op.drop_table("invoices")
     with op.batch_alter_table("invoice_rendering_templates", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_invoice_rendering_templates_status"))
+        batch_op.drop_index("ix_invoice_rendering_templates_status_created_id")
         batch_op.drop_index("ix_invoice_rendering_templates_created_id")
 
     op.drop_table("invoice_rendering_templates")
@@ -295,7 +301,7 @@ def downgrade() -> None:
 
     op.drop_table("invoice_item_invoices")
     with op.batch_alter_table("billing_meters", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_billing_meters_status"))
+        batch_op.drop_index("ix_billing_meters_status_created_id")
         batch_op.drop_index(batch_op.f("ix_billing_meters_event_name"))
         batch_op.drop_index("ix_billing_meters_created_id")
 
@@ -307,10 +313,10 @@ def downgrade() -> None:
 
     op.drop_table("billing_meter_error_reports")
     with op.batch_alter_table("billing_alerts", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_billing_alerts_status"))
-        batch_op.drop_index(batch_op.f("ix_billing_alerts_meter"))
-        batch_op.drop_index(batch_op.f("ix_billing_alerts_customer"))
-        batch_op.drop_index(batch_op.f("ix_billing_alerts_alert_type"))
+        batch_op.drop_index("ix_billing_alerts_status_id")
+        batch_op.drop_index("ix_billing_alerts_meter_id")
+        batch_op.drop_index("ix_billing_alerts_customer_id")
+        batch_op.drop_index("ix_billing_alerts_alert_type_id")
 
     op.drop_table("billing_alerts")
     with op.batch_alter_table("billing_alert_triggers", schema=None) as batch_op:
