@@ -197,13 +197,14 @@ def deliver(
     body: bytes,
     secrets: str | list[str],
     *,
-    now: Callable[[], float] = time.time,
     retries_when_unavailable: int = 3,
 ) -> Answer:
-    """Sign ``body`` at the current time and post it; a 503 is retried after a short pause."""
+    """Sign ``body`` at the current time and post it; a 503 is retried after a short pause.
+
+    ``time.time()`` is looked up at each call (not bound once), so a frozen clock signs too."""
     attempt = 0
     while True:
-        signature = sign_header(body, secrets, int(now()))
+        signature = sign_header(body, secrets, int(time.time()))
         headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
         try:
             response = client.post(url, content=body, headers=headers)
@@ -218,6 +219,14 @@ def deliver(
         except ValueError:
             payload = None
         return classify(response.status_code, payload)
+
+
+def _count_answer(summary: ReplaySummary, answer: Answer, origin: str) -> None:
+    summary.sent += 1
+    if answer.rejection is not None:
+        summary.reject(answer.rejection, origin)
+    else:
+        summary.count(answer.outcome or Outcome.FAILED, answer.duplicate)
 
 
 def webhook_url(base: str) -> str:
@@ -245,14 +254,14 @@ def replay_http(
 
     def settle(done: Iterable[Future[Answer]], pending: dict[Future[Answer], str]) -> None:
         for future in done:
-            origin = pending.pop(future)
-            answer = future.result()
-            summary.sent += 1
-            if answer.rejection is not None:
-                summary.reject(answer.rejection, origin)
-            else:
-                summary.count(answer.outcome or "failed", answer.duplicate)
+            _count_answer(summary, future.result(), pending.pop(future))
             on_progress(1)
+
+    if concurrency <= 1:  # in order, on the caller's thread
+        for item, event in _events_only(items, summary):
+            _count_answer(summary, deliver(client, target, event.raw.encode("utf-8"), secrets), item.origin)
+            on_progress(1)
+        return summary
 
     pending: dict[Future[Answer], str] = {}
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="replay") as pool:
