@@ -91,7 +91,7 @@ def export(
     A body stored with line breaks (only from a pretty-printed file, never from Stripe) is written
     with its CR/LF characters removed, which leaves the same JSON; their number is told on stderr.
     """
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     where = EventFilter(since, until, types, statuses)
     count = joined = 0
     with read_engine(database_url) as engine:
