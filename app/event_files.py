@@ -226,7 +226,8 @@ def _stream_object(buffer: _Buffer, origin: str) -> Iterator[SourceValue]:
             buffer.skip_whitespace()
             key, _ = buffer.decode()
             buffer.expect(":")
-            if key == "data" and buffer.skip_whitespace() == "[":
+            following_value = buffer.skip_whitespace()
+            if key == "data" and following_value == "[":
                 yield from _stream_array(buffer, f"{origin} data")
                 streamed = True
             else:

@@ -241,7 +241,7 @@ def replay_http(
     url: str,
     secrets: str | list[str],
     *,
-    concurrency: int = 4,
+    concurrency: int = 1,
     on_progress: Tick = _no_tick,
 ) -> ReplaySummary:
     """Post every event to a running receiver, re-signed now; ``concurrency`` requests in flight.
