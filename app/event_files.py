@@ -29,7 +29,7 @@ import orjson
 EVENT_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson")
 CHUNK_CHARS = 1 << 20
 # A value larger than this is streamed member by member instead of decoded in one go.
-WHOLE_VALUE_LIMIT = 8 << 20
+WHOLE_VALUE_LIMIT = 2 << 20
 # No single event (or list element) may be larger; Stripe's are a few kilobytes.
 MAX_VALUE_CHARS = 64 << 20
 
