@@ -18,6 +18,35 @@ from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 
 
+def _remember_last(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A batch passes the same timestamp object for every row: convert it once."""
+    last: list[Any] = [object(), None]
+
+    def process(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, processor(value)
+        return last[1]
+
+    return process
+
+
+def fetch_all(connection: Connection, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    """Run a query written for the driver's own parameter style on the driver connection."""
+    dialect = connection.dialect
+    driver = connection.connection.driver_connection
+    try:
+        return list(driver.execute(sql, params).fetchall())  # type: ignore[union-attr]
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dialect.is_disconnect(exc, driver, None),
+            dialect=dialect,
+        ) from exc
+
+
 class PreparedStatement:
     """``statement`` compiled for ``dialect`` with parameters named ``columns``.
 
@@ -36,7 +65,7 @@ class PreparedStatement:
         if unexpected:
             raise RuntimeError(f"statement has parameters {sorted(unexpected)} that are not values")
         self.processors: dict[str, Callable[[Any], Any]] = {
-            name: processor
+            name: _remember_last(processor)
             for name, bind in compiled.binds.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }

@@ -9,6 +9,7 @@ caller is told the outcome.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -16,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from sqlalchemy import Dialect, Engine, bindparam, null, select, update
+from sqlalchemy import Connection, Dialect, Engine, bindparam, null, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.dispatch import apply_event
-from app.driver_sql import PreparedStatement
+from app.driver_sql import PreparedStatement, fetch_all
 from app.envelope import Event
 from app.handlers.base import Outcome
 from app.models import StripeEvent
@@ -122,7 +123,7 @@ _EVENT_COLUMNS = (
     "id", "type", "created", "api_version", "livemode", "account", "thin", "object_id", "payload",
     "received_at", "processed_at", "outcome", "attempts",
 )
-_LOOKUP_CHUNK = 500
+_LOOKUP_CHUNK = 5000
 
 
 @lru_cache(maxsize=8)
@@ -146,6 +147,28 @@ def _event_statements(dialect: Dialect) -> tuple[PreparedStatement, PreparedStat
     return store, record
 
 
+# One statement text whatever the number of ids: the ids travel as one array parameter.
+_KNOWN_EVENTS_SQL = {
+    "sqlite": "SELECT id, outcome, attempts FROM stripe_events"
+    " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+    # FOR UPDATE: another receiver cannot re-apply the same failed event meanwhile.
+    "postgresql": "SELECT id, outcome, attempts FROM stripe_events"
+    " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+}
+
+
+def _stored_outcomes(connection: Connection, ids: list[str]) -> dict[str, tuple[str, int]]:
+    """(outcome, attempts) of the events among ``ids`` that are already stored."""
+    dialect = connection.dialect.name
+    stored: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        param = json.dumps(chunk) if dialect == "sqlite" else chunk
+        for event_id, outcome, attempts in fetch_all(connection, _KNOWN_EVENTS_SQL[dialect], (param,)):
+            stored[event_id] = (outcome, attempts)
+    return stored
+
+
 def store_and_apply_batch(
     session: Session, events: Sequence[Event], order: Sequence[int], apply: Apply
 ) -> list[IngestResult]:
@@ -166,16 +189,7 @@ def store_and_apply_batch(
     first_seen: dict[str, int] = {}
     for index in order:
         first_seen.setdefault(events[index].id, index)
-    ids = sorted(first_seen)
-    stored: dict[str, tuple[str, int]] = {}
-    for start in range(0, len(ids), _LOOKUP_CHUNK):
-        lookup = (
-            select(EVENTS.c.id, EVENTS.c.outcome, EVENTS.c.attempts)
-            .where(EVENTS.c.id.in_(ids[start : start + _LOOKUP_CHUNK]))
-            .order_by(EVENTS.c.id)
-            .with_for_update()
-        )
-        stored.update({row.id: (row.outcome, row.attempts) for row in connection.execute(lookup)})
+    stored = _stored_outcomes(connection, sorted(first_seen))
 
     results: list[IngestResult | None] = [None] * len(events)
     outcome_of_id: dict[str, Outcome] = {}
