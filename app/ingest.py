@@ -26,7 +26,7 @@ from app.driver_sql import PreparedStatement, fetch_all
 from app.envelope import Event
 from app.handlers.base import Outcome
 from app.models import StripeEvent
-from app.upsert import _insert_of, insert_for, table_of
+from app.upsert import dialect_insert, insert_for, table_of
 
 EVENTS = table_of(StripeEvent)
 RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
@@ -129,7 +129,7 @@ _LOOKUP_CHUNK = 5000
 @lru_cache(maxsize=8)
 def _event_statements(dialect: Dialect) -> tuple[PreparedStatement, PreparedStatement]:
     """(store new events, record the new outcome of re-applied failed ones), compiled once."""
-    insert = _insert_of(dialect.name, EVENTS).on_conflict_do_nothing(index_elements=["id"])
+    insert = dialect_insert(dialect.name, EVENTS).on_conflict_do_nothing(index_elements=["id"])
     store = PreparedStatement(insert, _EVENT_COLUMNS, dialect)
     record = PreparedStatement(
         update(EVENTS)

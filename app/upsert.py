@@ -44,10 +44,11 @@ NO_DATA = Version(-1, 0, 0, "")
 
 
 def insert_for(session: Session, table: Table) -> Any:
-    return _insert_of(session.get_bind().dialect.name, table)
+    return dialect_insert(session.get_bind().dialect.name, table)
 
 
-def _insert_of(dialect: str, table: Table) -> Any:
+def dialect_insert(dialect: str, table: Table) -> Any:
+    """INSERT with ON CONFLICT support for a dialect name (the statement caches key on the name)."""
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
@@ -102,7 +103,7 @@ def _prepared_upsert(
 def _upsert_statement(
     dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str, ...], tombstoned: bool
 ) -> Any:
-    stmt = _insert_of(dialect, table)
+    stmt = dialect_insert(dialect, table)
     new = stmt.excluded
     current_version = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
     incoming_version = tuple_(*(new[name] for name in VERSION_COLUMNS))
