@@ -37,14 +37,19 @@ def fetch_all(connection: Connection, sql: str, params: Any) -> list[tuple[Any, 
     try:
         return list(driver.execute(sql, params).fetchall())  # type: ignore[union-attr]
     except dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(
-            sql,
-            None,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=dialect.is_disconnect(exc, driver, None),
-            dialect=dialect,
-        ) from exc
+        raise wrap_driver_error(dialect, sql, exc, driver) from exc
+
+
+def wrap_driver_error(dialect: Dialect, sql: str, exc: Exception, driver: Any) -> Exception:
+    """The SQLAlchemy exception SQLAlchemy itself would raise (OperationalError, IntegrityError...)."""
+    return DBAPIError.instance(
+        sql,
+        None,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=dialect.is_disconnect(exc, driver, None),  # type: ignore[arg-type]
+        dialect=dialect,
+    )
 
 
 class PreparedStatement:
@@ -78,15 +83,8 @@ class PreparedStatement:
                     values[name] = processor(values[name])
         return [values[name] for name in self.order] if self.order is not None else values
 
-    def _wrap(self, exc: Exception, driver: Any) -> DBAPIError:
-        return DBAPIError.instance(
-            self.sql,
-            None,
-            exc,
-            self.dialect.loaded_dbapi.Error,
-            connection_invalidated=self.dialect.is_disconnect(exc, driver, None),
-            dialect=self.dialect,
-        )
+    def _wrap(self, exc: Exception, driver: Any) -> Exception:
+        return wrap_driver_error(self.dialect, self.sql, exc, driver)
 
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """Run once; return the number of rows the database says it inserted or changed."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, or_, select
+from sqlalchemy import ColumnElement, Engine, Select, or_, select
 
 from app.envelope import EnvelopeError, Event, parse_event
 from app.handlers.base import Outcome
@@ -49,7 +49,7 @@ class EventFilter:
         if self.types:
             exact = [t for t in self.types if not t.endswith("*")]
             prefixes = [t[:-1] for t in self.types if t.endswith("*")]
-            conditions = [EVENTS.c.type.in_(exact)] if exact else []
+            conditions: list[ColumnElement[bool]] = [EVENTS.c.type.in_(exact)] if exact else []
             conditions += [EVENTS.c.type.startswith(prefix, autoescape=True) for prefix in prefixes]
             query = query.where(or_(*conditions))
         if self.statuses:
