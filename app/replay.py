@@ -169,6 +169,9 @@ class Poster(Protocol):
     def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Any: ...
 
 
+KNOWN_OUTCOMES = frozenset(outcome.value for outcome in Outcome)
+
+
 @dataclass(frozen=True)
 class Answer:
     """How the endpoint answered one delivery."""
@@ -181,7 +184,10 @@ class Answer:
 def classify(status: int, body: Any) -> Answer:
     """Read the endpoint's JSON answer: {"received": true, ...} or {"error": {...}}."""
     if status == 200 and isinstance(body, dict) and body.get("received") is True:
-        return Answer(outcome=str(body.get("outcome")), duplicate=bool(body.get("duplicate")))
+        outcome = body.get("outcome")
+        if outcome not in KNOWN_OUTCOMES:
+            return Answer(rejection=f"200 with an unknown outcome {outcome!r}")
+        return Answer(outcome=str(outcome), duplicate=bool(body.get("duplicate")))
     error = body.get("error") if isinstance(body, dict) else None
     if status == 500 and isinstance(error, dict) and error.get("type") == "handler_error":
         return Answer(outcome=Outcome.FAILED.value)
