@@ -76,12 +76,16 @@ class PreparedStatement:
         }
 
     def _params(self, values: Mapping[str, Any]) -> Any:
-        if self.processors:
-            values = dict(values)
-            for name, processor in self.processors.items():
-                if name in values:
-                    values[name] = processor(values[name])
-        return [values[name] for name in self.order] if self.order is not None else values
+        processors = self.processors
+        if self.order is not None:  # positional (SQLite): one pass in parameter order
+            return [
+                processors[name](values[name]) if name in processors else values[name] for name in self.order
+            ]
+        if not processors:
+            return values
+        return {
+            name: processors[name](value) if name in processors else value for name, value in values.items()
+        }
 
     def _wrap(self, exc: Exception, driver: Any) -> Exception:
         return wrap_driver_error(self.dialect, self.sql, exc, driver)
