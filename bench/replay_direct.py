@@ -212,9 +212,8 @@ def main() -> None:
             f" ({size_mib[large]:.0f} MiB);"
             f" list envelope {listing.stat().st_size / 2**20:.0f} MiB; cpu count {os.cpu_count()}"
         )
-        print(
-            f"{'measurement':<34} {'events':>9} {'events/s':>10} {'x base':>7} {'ev/cpu-s':>12} {'peak MiB':>9}"
-        )
+        header = ("measurement", "events", "events/s", "x base", "ev/cpu-s", "peak MiB")
+        print("{:<34} {:>9} {:>10} {:>7} {:>12} {:>9}".format(*header))
 
         baselines: dict[int, float] = {}
         for count in (small, large):
