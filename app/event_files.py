@@ -1,7 +1,8 @@
 """Read recorded events from files, streaming: JSONL, single event files, directories and list envelopes.
 
 Every input is treated as a sequence of JSON values separated by whitespace, read through a bounded
-buffer with ``json.JSONDecoder.raw_decode``:
+buffer (a line that holds exactly one value is decoded by orjson, anything else with
+``json.JSONDecoder.raw_decode``, which also gives where the value ends):
 
 - a JSONL file is one value per line; each event keeps its exact text (the line without its line end);
 - a ``*.json`` file holding one event (pretty-printed or not) keeps the file's exact text;
