@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.db import make_engine
 from app.dispatch import apply_event
 from app.envelope import Event, parse_event
 from app.handlers.base import Outcome
@@ -100,3 +102,30 @@ def test_a_failed_event_in_a_batch_of_known_events_is_retried_with_attempts_coun
     assert stored(engine)["evt_retry"][:2] == ("failed", 2)
     EventStore(engine).ingest([event, item_event("ii_other", 100)])
     assert stored(engine)["evt_retry"][:2] == ("applied", 3)
+
+
+def test_an_event_stored_by_another_receiver_meanwhile_is_a_duplicate(engine: Engine, db_url: str) -> None:
+    """Two receivers on one PostgreSQL: the other one stores the same event while this batch runs."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite writers hold the database lock for the whole batch: nobody can store meanwhile")
+    other_receiver = make_engine(db_url)
+    event = item_event("ii_race", 100, event_id="evt_race")
+    neighbour = item_event("ii_race_neighbour", 100, event_id="evt_race_neighbour")
+
+    def apply_while_the_other_receiver_stores_it(session: Session, current: Event) -> Outcome:
+        if current.id == "evt_race" and "evt_race" not in stored(engine):
+            EventStore(other_receiver).ingest([current])  # commits before this transaction does
+        return apply_event(session, current)
+
+    try:
+        results = EventStore(engine, apply=apply_while_the_other_receiver_stores_it).ingest(
+            [neighbour, event], keep_order=True
+        )
+    finally:
+        other_receiver.dispose()
+    assert [(r.event_id, r.outcome, r.duplicate) for r in results] == [
+        ("evt_race_neighbour", "applied", False),
+        ("evt_race", "applied", True),
+    ]
+    assert stored(engine)["evt_race"] == ("applied", 1, None)
+    assert set(items(engine)) == {"ii_race", "ii_race_neighbour"}
