@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, and_, case, delete, exists, or_, tuple_
+from sqlalchemy import Dialect, Table, and_, case, delete, exists, or_, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
+
+from app.driver_sql import PreparedStatement
 
 VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
@@ -32,7 +35,8 @@ class Version:
     event_id: str
 
     def as_columns(self) -> dict[str, Any]:
-        return dict(zip(VERSION_COLUMNS, (self.precedence, self.created, self.tiebreak, self.event_id), strict=True))
+        values = (self.precedence, self.created, self.tiebreak, self.event_id)
+        return dict(zip(VERSION_COLUMNS, values, strict=True))
 
 
 # A tombstone that arrives without a snapshot must not block the snapshot that comes later.
@@ -40,7 +44,11 @@ NO_DATA = Version(-1, 0, 0, "")
 
 
 def insert_for(session: Session, table: Table) -> Any:
-    dialect = session.get_bind().dialect.name
+    return dialect_insert(session.get_bind().dialect.name, table)
+
+
+def dialect_insert(dialect: str, table: Table) -> Any:
+    """INSERT with ON CONFLICT support for a dialect name (the statement caches key on the name)."""
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
@@ -75,14 +83,33 @@ def guarded_upsert(
         values["deleted_by_event_created"] = deleted_by[1] if deleted_by else None
     elif deleted_by is not None:
         raise ValueError(f"{table.name} has no tombstone columns")
+    connection = session.connection()
+    prepared = _prepared_upsert(connection.dialect, table, tuple(key), tuple(values), tombstoned)
+    # The database's count of rows touched says whether the row was written: when the WHERE of
+    # DO UPDATE is false, none is. (No RETURNING: it makes each SQLite upsert three times slower.)
+    return prepared.execute(connection, values) > 0
 
-    stmt = insert_for(session, table).values(values)
+
+@lru_cache(maxsize=256)
+def _prepared_upsert(
+    dialect: Dialect, table: Table, key: tuple[str, ...], columns: tuple[str, ...], tombstoned: bool
+) -> PreparedStatement:
+    """Built and compiled once per shape of upsert; runs on the driver connection (app.driver_sql)."""
+    statement = _upsert_statement(dialect.name, table, key, columns, tombstoned)
+    return PreparedStatement(statement, columns, dialect)
+
+
+@lru_cache(maxsize=256)
+def _upsert_statement(
+    dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str, ...], tombstoned: bool
+) -> Any:
+    stmt = dialect_insert(dialect, table)
     new = stmt.excluded
     current_version = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
     incoming_version = tuple_(*(new[name] for name in VERSION_COLUMNS))
     incoming_wins = incoming_version >= current_version
 
-    data_columns = [name for name in values if name not in key and name not in TOMBSTONE_COLUMNS]
+    data_columns = [name for name in columns if name not in key and name not in TOMBSTONE_COLUMNS]
     set_: dict[str, Any] = {
         name: case((incoming_wins, new[name]), else_=table.c[name]) for name in data_columns
     }
@@ -102,10 +129,7 @@ def guarded_upsert(
             set_[name] = case((earlier_delete, new[name]), else_=table.c[name])
         changed = or_(incoming_wins, earlier_delete)
 
-    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
-    stmt = stmt.returning(*(table.c[name] for name in key))
-    return session.execute(stmt).first() is not None
-
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
 
 
 def delete_superseded(

@@ -206,24 +206,31 @@ def test_no_secret_configured_says_how_to_set_one(make_settings: Callable[..., S
     assert "STRIPE_WEBHOOK_SECRET" in error["message"]
 
 
+class BrokenUntilFixed:
+    """The real payment handler behind a bug that is fixed between two deliveries."""
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.calls: list[str] = []
+
+
 @pytest.fixture
-def flaky_payment_handler(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The real payment handler behind a failure on the first call (a bug fixed between retries)."""
-    calls: list[str] = []
+def flaky_payment_handler(monkeypatch: pytest.MonkeyPatch) -> BrokenUntilFixed:
+    state = BrokenUntilFixed()
     real = handlers.SNAPSHOT_HANDLERS["invoice_payment.paid"]
 
-    def fails_once(session: Any, obj: dict[str, Any], source: Source) -> Outcome:
-        calls.append(source.event_id)
-        if len(calls) == 1:
+    def handler(session: Any, obj: dict[str, Any], source: Source) -> Outcome:
+        state.calls.append(source.event_id)
+        if state.broken:
             raise RuntimeError("simulated handler bug")
         return real(session, obj, source)
 
-    monkeypatch.setitem(handlers.SNAPSHOT_HANDLERS, "invoice_payment.paid", fails_once)
-    return calls
+    monkeypatch.setitem(handlers.SNAPSHOT_HANDLERS, "invoice_payment.paid", handler)
+    return state
 
 
 def test_handler_failure_is_stored_and_retry_reapplies(
-    client: TestClient, engine: Engine, flaky_payment_handler: list[str]
+    client: TestClient, engine: Engine, flaky_payment_handler: BrokenUntilFixed
 ) -> None:
     event = load_fixture("invoice_payment.paid.json")
     failed = post(client, event)
@@ -233,6 +240,7 @@ def test_handler_failure_is_stored_and_retry_reapplies(
     assert stored is not None and stored["outcome"] == "failed" and "simulated handler bug" in stored["error"]
     assert rows(engine, "invoice_payments") == []  # the savepoint undid the half-applied write
 
+    flaky_payment_handler.broken = False
     retried = post(client, event)
     assert retried.status_code == 200
     assert retried.json()["outcome"] == "applied"
@@ -241,11 +249,11 @@ def test_handler_failure_is_stored_and_retry_reapplies(
     assert (stored["outcome"], stored["error"], stored["attempts"]) == ("applied", None, 2)
     assert one(engine, "invoice_payments")["status"] == "paid"
     assert post(client, event).json()["duplicate"] is True
-    assert len(flaky_payment_handler) == 2
+    assert set(flaky_payment_handler.calls) == {event["id"]}
 
 
 def test_a_failing_event_does_not_undo_its_batch_neighbours(
-    make_settings: Callable[..., Settings], engine: Engine, flaky_payment_handler: list[str]
+    make_settings: Callable[..., Settings], engine: Engine, flaky_payment_handler: BrokenUntilFixed
 ) -> None:
     from app.envelope import parse_event
     from app.ingest import EventStore

@@ -1,0 +1,131 @@
+"""EventStore's optimistic batch and its careful fallback keep every guarantee of the endpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from app.db import make_engine
+from app.dispatch import apply_event
+from app.envelope import Event, parse_event
+from app.handlers.base import Outcome
+from app.ingest import EventStore
+from tests.events import encode, load_fixture, make_event
+
+ITEM = load_fixture("invoiceitem.created.json")["data"]["object"]
+
+
+def item_event(item_id: str, created: int, event_id: str | None = None) -> Event:
+    obj = {**copy.deepcopy(ITEM), "id": item_id}
+    return parse_event(encode(make_event("invoiceitem.created", obj, created=created, event_id=event_id)))
+
+
+def fails_for(*event_ids: str):  # type: ignore[no-untyped-def]
+    """The real dispatcher, except that the handler of the named events raises (a bug in a handler)."""
+
+    def apply(session: Session, event: Event) -> Outcome:
+        if event.id in event_ids:
+            raise ValueError(f"handler bug on {event.id}")
+        return apply_event(session, event)
+
+    return apply
+
+
+def stored(engine: Engine) -> dict[str, tuple[str, int, str | None]]:
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, outcome, attempts, error FROM stripe_events"))
+        return {row.id: (row.outcome, row.attempts, row.error) for row in rows}
+
+
+def items(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return dict(connection.execute(text("SELECT id, last_event_id FROM invoice_items")).all())
+
+
+def test_a_failing_handler_leaves_its_event_failed_and_its_neighbours_applied(engine: Engine) -> None:
+    batch = [item_event(f"ii_{n}", 100 + n, event_id=f"evt_{n}") for n in range(5)]
+    results = EventStore(engine, apply=fails_for("evt_2")).ingest(batch)
+    assert [r.outcome for r in results] == ["applied", "applied", "failed", "applied", "applied"]
+    assert "handler bug on evt_2" in (results[2].error or "")
+    rows = stored(engine)
+    assert rows["evt_2"][0] == "failed" and "handler bug" in (rows["evt_2"][2] or "")
+    assert set(items(engine)) == {"ii_0", "ii_1", "ii_3", "ii_4"}  # nothing of evt_2's handler kept
+
+    # Fixed handler: the stored failed event is applied when it comes again; others stay duplicates.
+    again = EventStore(engine).ingest(batch)
+    assert [(r.outcome, r.duplicate) for r in again] == [("applied", True)] * 2 + [("applied", False)] + [
+        ("applied", True)
+    ] * 2
+    assert stored(engine)["evt_2"] == ("applied", 2, None)
+    assert "ii_2" in items(engine)
+
+
+def test_duplicates_inside_one_batch_and_across_batches(engine: Engine) -> None:
+    first = item_event("ii_dup", 100, event_id="evt_dup")
+    twin = parse_event(first.raw.encode())
+    results = EventStore(engine).ingest([first, twin])
+    assert [(r.outcome, r.duplicate) for r in results] == [("applied", False), ("applied", True)]
+    later = EventStore(engine).ingest([twin])
+    assert [(r.outcome, r.duplicate) for r in later] == [("applied", True)]
+    assert stored(engine)["evt_dup"][1] == 1
+
+
+def test_older_snapshot_is_stale_in_a_batch(engine: Engine) -> None:
+    newer = item_event("ii_same", 200, event_id="evt_new")
+    older = item_event("ii_same", 100, event_id="evt_old")
+    results = EventStore(engine).ingest([newer, older], keep_order=True)
+    assert [r.outcome for r in results] == ["applied", "stale"]
+    assert items(engine)["ii_same"] == "evt_new"
+
+
+def test_every_event_is_stored_with_its_exact_body(engine: Engine) -> None:
+    body = json.dumps(
+        make_event("invoiceitem.created", {**ITEM, "id": "ii_raw", "description": "Café ☕"}),
+        indent=1,
+        ensure_ascii=False,
+    )
+    EventStore(engine).ingest([parse_event(body.encode())])
+    with engine.connect() as connection:
+        (payload,) = connection.execute(text("SELECT payload FROM stripe_events")).one()
+    assert payload == body
+
+
+def test_a_failed_event_in_a_batch_of_known_events_is_retried_with_attempts_counted(engine: Engine) -> None:
+    event = item_event("ii_retry", 100, event_id="evt_retry")
+    store_with_bug = EventStore(engine, apply=fails_for("evt_retry"))
+    store_with_bug.ingest([event])
+    store_with_bug.ingest([event])
+    assert stored(engine)["evt_retry"][:2] == ("failed", 2)
+    EventStore(engine).ingest([event, item_event("ii_other", 100)])
+    assert stored(engine)["evt_retry"][:2] == ("applied", 3)
+
+
+def test_an_event_stored_by_another_receiver_meanwhile_is_a_duplicate(engine: Engine, db_url: str) -> None:
+    """Two receivers on one PostgreSQL: the other one stores the same event while this batch runs."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite writers hold the database lock for the whole batch: nobody can store meanwhile")
+    other_receiver = make_engine(db_url)
+    event = item_event("ii_race", 100, event_id="evt_race")
+    neighbour = item_event("ii_race_neighbour", 100, event_id="evt_race_neighbour")
+
+    def apply_while_the_other_receiver_stores_it(session: Session, current: Event) -> Outcome:
+        if current.id == "evt_race" and "evt_race" not in stored(engine):
+            EventStore(other_receiver).ingest([current])  # commits before this transaction does
+        return apply_event(session, current)
+
+    try:
+        results = EventStore(engine, apply=apply_while_the_other_receiver_stores_it).ingest(
+            [neighbour, event], keep_order=True
+        )
+    finally:
+        other_receiver.dispose()
+    assert [(r.event_id, r.outcome, r.duplicate) for r in results] == [
+        ("evt_race_neighbour", "applied", False),
+        ("evt_race", "applied", True),
+    ]
+    assert stored(engine)["evt_race"] == ("applied", 1, None)
+    assert set(items(engine)) == {"ii_race", "ii_race_neighbour"}
