@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Dialect, Table, and_, case, delete, exists, or_, tuple_
+from sqlalchemy import Dialect, Table, and_, bindparam, case, delete, exists, or_, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
@@ -147,7 +147,19 @@ def delete_superseded(
     remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
     are removed again, so the result does not depend on delivery order.
     """
+    connection = session.connection()
     child, marker = table_of(child_model), table_of(marker_model)
+    prepared = _superseded_statement(
+        connection.dialect, child, child_parent_column, marker, marker_parent_column
+    )
+    return prepared.execute(connection, {"parent_id": parent_id})
+
+
+@lru_cache(maxsize=64)
+def _superseded_statement(
+    dialect: Dialect, child: Table, child_parent_column: str, marker: Table, marker_parent_column: str
+) -> PreparedStatement:
+    """Built and compiled once per pair of tables; runs on the driver connection (app.driver_sql)."""
     child_version = tuple_(*(child.c[name] for name in VERSION_COLUMNS))
     marker_version = tuple_(*(marker.c[name] for name in VERSION_COLUMNS))
     superseded = (
@@ -155,8 +167,8 @@ def delete_superseded(
         .where(marker.c[marker_parent_column] == child.c[child_parent_column], child_version < marker_version)
         .correlate(child)
     )
-    result = session.execute(delete(child).where(child.c[child_parent_column] == parent_id, superseded))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    statement = delete(child).where(child.c[child_parent_column] == bindparam("parent_id"), superseded)
+    return PreparedStatement(statement, ("parent_id",), dialect, values_clause=False)
 
 
 def delete_unlisted(
