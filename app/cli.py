@@ -30,7 +30,9 @@ def migrate(database_url: str | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
 @click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
-@click.option("--secret", "secrets", multiple=True, help="Signing secret (repeatable); or STRIPE_WEBHOOK_SECRET.")
+@click.option(
+    "--secret", "secrets", multiple=True, help="Signing secret (repeatable); or STRIPE_WEBHOOK_SECRET."
+)
 @click.option("--tolerance", type=int, help="Allowed signature age in seconds (default 300).")
 @click.option("--max-body-bytes", type=int, help="Largest accepted body (default 1 MiB).")
 @click.option("--no-migrate", is_flag=True, help="Do not run migrations before serving.")

@@ -8,8 +8,10 @@ hundreds of fsyncs into a few, while every caller still learns its outcome only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.envelope import Event
@@ -22,19 +24,33 @@ class IngestCrashed(Exception):
     """Ingestion raised something that is neither a handler failure nor a database outage."""
 
 
-def _resolve(future: asyncio.Future[IngestResult], result: Any) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def _resolve(answers: list[tuple[asyncio.Future[IngestResult], Any]]) -> None:
+    for future, result in answers:
+        if future.done():  # the request was cancelled (client went away) while we committed
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+@dataclass
+class WriterStats:
+    """What the writer has done since start; only the writer thread updates it."""
+
+    batches: int = 0  # ingest() calls, one transaction each unless the batch had to be redone
+    events: int = 0
+    largest_batch: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class GroupCommitter:
     def __init__(self, store: EventStore, max_batch: int = 256) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.stats = WriterStats()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -80,8 +96,14 @@ class GroupCommitter:
             results = list(self.store.ingest([event for event, _, _ in batch]))
         except Exception as exc:  # a bug, not the database: fail these requests, keep the writer alive
             results = [IngestCrashed(f"{type(exc).__name__}: {exc}")] * len(batch)
+        self.stats.batches += 1
+        self.stats.events += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        # One wake-up of each event loop per batch, not one per event: the loop thread competes
+        # with this one for the GIL, and every call_soon_threadsafe writes to its self-pipe.
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IngestResult], Any]]] = {}
         for (_, loop, future), result in zip(batch, results, strict=True):
-            try:
-                loop.call_soon_threadsafe(_resolve, future, result)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            answers.setdefault(loop, []).append((future, result))
+        for loop, loop_answers in answers.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve, loop_answers)

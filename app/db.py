@@ -41,6 +41,17 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+class CommitCounter:
+    """Counts the transactions an engine really committed (group commit makes it far fewer than events)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.commits = 0
+        event.listen(engine, "commit", self._on_commit)
+
+    def _on_commit(self, _connection: Any) -> None:
+        self.commits += 1
+
+
 def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:
     """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer."""
     url = normalize_url(url)
