@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -46,10 +47,12 @@ class CommitCounter:
 
     def __init__(self, engine: Engine) -> None:
         self.commits = 0
+        self._lock = threading.Lock()  # several writer threads may commit at once
         event.listen(engine, "commit", self._on_commit)
 
     def _on_commit(self, _connection: Any) -> None:
-        self.commits += 1
+        with self._lock:
+            self.commits += 1
 
 
 def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:
