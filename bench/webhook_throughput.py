@@ -153,10 +153,10 @@ def measure_bare(warmup: list[Delivery], measured: list[Delivery], concurrency: 
 
 
 def measure_mirror(name: str, url: str, warmup: list[Delivery], measured: list[Delivery],
-                   concurrency: int, workers: int) -> Measurement:
+                   concurrency: int, workers: int, factory: str) -> Measurement:
     upgrade(url)
     env = {"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": SECRET}
-    with uvicorn_server("app.main:create_app", workers=workers, env=env, factory=True) as port:
+    with uvicorn_server(factory, workers=workers, env=env, factory=True) as port:
         warm = load(port, warmup, concurrency)
         result = load(port, measured, concurrency)
         writer = get_json(port, "/healthz")["writer"] if workers == 1 else None
@@ -179,7 +179,7 @@ def report(measurements: list[Measurement], concurrency: int) -> bool:
             per_commit = f"{m.writer['events'] / m.writer['commits']:.1f}"
         p50, p99 = r.percentile(0.50) * 1000, r.percentile(0.99) * 1000
         print(f"{m.name:<40} {r.rate:>9.0f} {p50:>8.2f} {p99:>8.2f} "
-              f"{r.rate / baseline:>6.0%} {r.not_ok:>8} {r.errors:>7} {per_commit:>9}")
+              f"{r.rate / baseline:>6.1%} {r.not_ok:>8} {r.errors:>7} {per_commit:>9}")
     print()
     for m in measurements[1:]:
         answered = m.result.ok + m.warmup.ok
@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="server processes for the PostgreSQL run")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--app", default="app.main:create_app",
+                        help="billing-mirror's application factory, to compare a variant (importable module)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -224,11 +226,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bm-bench-") as folder:
             url = f"sqlite:///{Path(folder) / 'mirror.db'}"
             measurements.append(measure_mirror("billing-mirror, SQLite (1 worker)", url, *sets.pop(0),
-                                               args.concurrency, workers=1))
+                                               args.concurrency, workers=1, factory=args.app))
     if not args.skip_postgres:
         with temporary_postgres() as url:
             measurements.append(measure_mirror(f"billing-mirror, PostgreSQL ({args.workers} worker(s))", url,
-                                               *sets.pop(0), args.concurrency, workers=args.workers))
+                                               *sets.pop(0), args.concurrency, workers=args.workers,
+                                               factory=args.app))
     sys.exit(0 if report(measurements, args.concurrency) else 1)
 
 
