@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,3 +126,38 @@ def test_every_2xx_survives_a_killed_server(live_server: Callable[..., LiveServe
     assert len(answered) < len(deliveries), "the server must die mid-burst for this test to mean anything"
     missing = acknowledged - stored_event_ids(engine)
     assert not missing, f"answered 2xx but not committed: {sorted(missing)[:5]}"
+
+
+def test_overlapping_concurrent_deliveries_converge(
+    live_server: Callable[..., LiveServer], engine: Engine
+) -> None:
+    """Invoices that embed the same payments in different orders, all at once: batches of different
+    writers (several on PostgreSQL) lock those rows in clashing orders, yet every delivery is answered
+    200 and each payment ends with the snapshot of the newest event that carried it."""
+    server = live_server()
+    payment = load_fixture("invoice_payment.paid.json")["data"]["object"]
+    invoice = load_fixture("invoice.paid.json")["data"]["object"]
+    payment_ids = [f"inpay_overlap_{n}" for n in range(4)]
+    rng = random.Random(7)
+    deliveries: list[tuple[str, bytes]] = []
+    newest: dict[str, tuple[str, int]] = {}  # payment id -> (event id, amount) of the newest carrier
+    for number in range(40):
+        carried = rng.sample(payment_ids, rng.randint(2, 4))
+        embedded = [{**payment, "id": pid, "amount_paid": 1000 + number} for pid in carried]
+        obj = {**invoice, "id": f"in_overlap_{number:02d}", "payments": {"object": "list", "data": embedded}}
+        event = make_event(
+            "invoice.paid", obj, event_id=f"evt_overlap_{number:02d}", created=1_767_225_600 + number
+        )
+        deliveries.append((event["id"], encode(event)))
+        for pid in carried:
+            newest[pid] = (event["id"], 1000 + number)
+    rng.shuffle(deliveries)
+
+    answers = asyncio.run(post_all(server.url, deliveries, connections=40))
+
+    for event_id, answer in answers.items():
+        assert isinstance(answer, httpx.Response), f"{event_id}: {answer!r}"
+        assert answer.status_code == 200, answer.text
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, last_event_id, amount_paid FROM invoice_payments")).all()
+    assert {row.id: (row.last_event_id, row.amount_paid) for row in rows} == newest
