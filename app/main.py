@@ -10,6 +10,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
+from app.api.auth import HOW_TO_OPEN
+from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
 from app.db import make_engine
 from app.errors import http_exception_handler
@@ -21,7 +23,7 @@ logger = logging.getLogger("billing_mirror")
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"])]
+    return [Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"]), *api_routes()]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -31,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not resolved.webhook_secrets:
             logger.error(HOW_TO_SET_SECRET)
+        if not resolved.api_keys:
+            logger.warning(HOW_TO_OPEN)
         engine = make_engine(resolved.database_url)
         read_engine = make_engine(resolved.database_url, for_writing=False)
         committer = GroupCommitter(EventStore(engine), max_batch=resolved.max_batch_size)

@@ -17,6 +17,9 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Predicate of the partial indexes on pending invoice items (not yet on an invoice); see app/models.py.
+PENDING = 'invoice IS NULL'
+
 
 def upgrade() -> None:
     op.create_table('invoice_items',
@@ -61,7 +64,11 @@ def upgrade() -> None:
     with op.batch_alter_table('invoice_items', schema=None) as batch_op:
         batch_op.create_index('ix_invoice_items_customer_date_id', ['customer', 'date', 'id'], unique=False)
         batch_op.create_index('ix_invoice_items_date_id', ['date', 'id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_invoice_items_invoice'), ['invoice'], unique=False)
+        batch_op.create_index('ix_invoice_items_invoice_date_id', ['invoice', 'date', 'id'], unique=False)
+        batch_op.create_index('ix_invoice_items_pending_customer_date_id', ['customer', 'date', 'id'],
+                              unique=False, sqlite_where=sa.text(PENDING), postgresql_where=sa.text(PENDING))
+        batch_op.create_index('ix_invoice_items_pending_date_id', ['date', 'id'], unique=False,
+                              sqlite_where=sa.text(PENDING), postgresql_where=sa.text(PENDING))
         batch_op.create_index(batch_op.f('ix_invoice_items_subscription'), ['subscription'], unique=False)
 
     op.create_table('invoice_payments',
@@ -88,10 +95,12 @@ def upgrade() -> None:
     with op.batch_alter_table('invoice_payments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_invoice_payments_canceled_at'), ['canceled_at'], unique=False)
         batch_op.create_index('ix_invoice_payments_created_id', ['created', 'id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_invoice_payments_invoice'), ['invoice'], unique=False)
+        batch_op.create_index('ix_invoice_payments_invoice_created_id', ['invoice', 'created', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_invoice_payments_paid_at'), ['paid_at'], unique=False)
+        batch_op.create_index('ix_invoice_payments_payment_type_created_id', ['payment_type', 'created', 'id'],
+                              unique=False)
         batch_op.create_index(batch_op.f('ix_invoice_payments_payment_id'), ['payment_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_invoice_payments_status'), ['status'], unique=False)
+        batch_op.create_index('ix_invoice_payments_status_created_id', ['status', 'created', 'id'], unique=False)
 
     op.create_table('stripe_events',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -127,17 +136,22 @@ def downgrade() -> None:
 
     op.drop_table('stripe_events')
     with op.batch_alter_table('invoice_payments', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_invoice_payments_status'))
+        batch_op.drop_index('ix_invoice_payments_status_created_id')
         batch_op.drop_index(batch_op.f('ix_invoice_payments_payment_id'))
+        batch_op.drop_index('ix_invoice_payments_payment_type_created_id')
         batch_op.drop_index(batch_op.f('ix_invoice_payments_paid_at'))
-        batch_op.drop_index(batch_op.f('ix_invoice_payments_invoice'))
+        batch_op.drop_index('ix_invoice_payments_invoice_created_id')
         batch_op.drop_index('ix_invoice_payments_created_id')
         batch_op.drop_index(batch_op.f('ix_invoice_payments_canceled_at'))
 
     op.drop_table('invoice_payments')
     with op.batch_alter_table('invoice_items', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invoice_items_subscription'))
-        batch_op.drop_index(batch_op.f('ix_invoice_items_invoice'))
+        batch_op.drop_index('ix_invoice_items_pending_date_id', sqlite_where=sa.text(PENDING),
+                            postgresql_where=sa.text(PENDING))
+        batch_op.drop_index('ix_invoice_items_pending_customer_date_id', sqlite_where=sa.text(PENDING),
+                            postgresql_where=sa.text(PENDING))
+        batch_op.drop_index('ix_invoice_items_invoice_date_id')
         batch_op.drop_index('ix_invoice_items_date_id')
         batch_op.drop_index('ix_invoice_items_customer_date_id')
 
