@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from app.query_cli import register as register_query_commands
 from app.settings import ConfigurationError, Settings
 
 
@@ -78,6 +79,9 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+register_query_commands(cli)  # payments / items: list and get
 
 
 def main() -> None:
