@@ -1,4 +1,4 @@
-"""Fill a mirror the way production does: Stripe events through EventStore.ingest (or as signed deliveries)."""
+"""Fill a mirror the way production does: Stripe events through EventStore.ingest."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def payment_event(obj: dict[str, Any]) -> dict[str, Any]:
     # Terminal payments arrive as invoice_payment.paid; open/canceled ones embedded in invoice events.
     if obj["status"] == "paid":
         return make_event("invoice_payment.paid", obj, created=obj["created"] + 10)
-    invoice = {"id": obj["invoice"], "object": "invoice",
-               "payments": {"object": "list", "data": [obj], "has_more": False, "url": "/v1/invoice_payments"}}
+    embedded = {"object": "list", "data": [obj], "has_more": False, "url": "/v1/invoice_payments"}
+    invoice = {"id": obj["invoice"], "object": "invoice", "payments": embedded}
     return make_event("invoice.updated", invoice, created=obj["created"] + 10)
 
 

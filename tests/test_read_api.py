@@ -1,4 +1,4 @@
-"""GET /v1/invoice_payments and /v1/invoiceitems on the real app and both databases, filled by ingesting events."""
+"""GET /v1/invoice_payments and /v1/invoiceitems: the real app on both databases, filled by events."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def test_payment_filters(
 
 
 def test_payment_id_must_match_the_payment_type(api: TestClient, payments: list[dict[str, Any]]) -> None:
-    response = api.get("/v1/invoice_payments", params={"payment[type]": "payment_intent", "payment[charge]": "ch_4"})
+    params = {"payment[type]": "payment_intent", "payment[charge]": "ch_4"}
+    response = api.get("/v1/invoice_payments", params=params)
     assert error_of(response, 400)["param"] == "payment[charge]"
 
 
@@ -323,7 +324,8 @@ def test_retrieve_items(api: TestClient, items: list[dict[str, Any]]) -> None:
 
 def test_item_deleted_before_it_was_created_retrieves_as_deleted(api: TestClient, engine: Engine) -> None:
     ingest(engine, [item_deleted("ii_early", T0 + 5)])  # stub tombstone, no snapshot yet
-    assert get(api, "/v1/invoiceitems/ii_early") == {"id": "ii_early", "object": "invoiceitem", "deleted": True}
+    stub = {"id": "ii_early", "object": "invoiceitem", "deleted": True}
+    assert get(api, "/v1/invoiceitems/ii_early") == stub
     assert ids(get(api, "/v1/invoiceitems")) == []
     error = error_of(api.get("/v1/invoiceitems", params={"starting_after": "ii_early"}), 400)
     assert error["code"] == "resource_missing"
