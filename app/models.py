@@ -86,6 +86,10 @@ class InvoicePayment(MirrorVersion, table=True):
         Index("ix_invoice_payments_invoice_created_id", "invoice", "created", "id"),
         Index("ix_invoice_payments_status_created_id", "status", "created", "id"),
         Index("ix_invoice_payments_payment_type_created_id", "payment_type", "created", "id"),
+        # Leads with payment_id, so it also serves lookups by payment id alone.
+        Index(
+            "ix_invoice_payments_payment_id_type_created_id", "payment_id", "payment_type", "created", "id"
+        ),
     )
 
     id: str = Field(primary_key=True)
@@ -97,7 +101,7 @@ class InvoicePayment(MirrorVersion, table=True):
     is_default: bool | None = None
     livemode: bool | None = None
     payment_type: str | None = None
-    payment_id: str | None = Field(default=None, index=True)
+    payment_id: str | None = None
     status: str | None = None
     paid_at: int | None = _ts(index=True)
     canceled_at: int | None = _ts(index=True)

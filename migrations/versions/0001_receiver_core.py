@@ -99,7 +99,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_invoice_payments_paid_at'), ['paid_at'], unique=False)
         batch_op.create_index('ix_invoice_payments_payment_type_created_id', ['payment_type', 'created', 'id'],
                               unique=False)
-        batch_op.create_index(batch_op.f('ix_invoice_payments_payment_id'), ['payment_id'], unique=False)
+        batch_op.create_index('ix_invoice_payments_payment_id_type_created_id',
+                              ['payment_id', 'payment_type', 'created', 'id'], unique=False)
         batch_op.create_index('ix_invoice_payments_status_created_id', ['status', 'created', 'id'], unique=False)
 
     op.create_table('stripe_events',
@@ -137,7 +138,7 @@ def downgrade() -> None:
     op.drop_table('stripe_events')
     with op.batch_alter_table('invoice_payments', schema=None) as batch_op:
         batch_op.drop_index('ix_invoice_payments_status_created_id')
-        batch_op.drop_index(batch_op.f('ix_invoice_payments_payment_id'))
+        batch_op.drop_index('ix_invoice_payments_payment_id_type_created_id')
         batch_op.drop_index('ix_invoice_payments_payment_type_created_id')
         batch_op.drop_index(batch_op.f('ix_invoice_payments_paid_at'))
         batch_op.drop_index('ix_invoice_payments_invoice_created_id')
