@@ -100,6 +100,7 @@ def build_items(count: int, rng: random.Random) -> tuple[list[dict[str, Any]], M
             invoice = held[0]
             current_invoice[customer] = (held[0], held[1] - 1)
         amount = rng.choice((500, 1000, 2500, 4900, 9900, 19900, -1500))
+        item_id = stripe_id("ii_", rng)
         obj = {
             "amount": amount,
             "currency": "usd",
@@ -108,7 +109,7 @@ def build_items(count: int, rng: random.Random) -> tuple[list[dict[str, Any]], M
             "description": rng.choice(("Setup fee", "Seats", "Overage", "Proration", "Support plan")),
             "discountable": True,
             "discounts": [],
-            "id": stripe_id("ii_", rng),
+            "id": item_id,
             "invoice": invoice,
             "livemode": True,
             "metadata": {"order_id": str(n)},
@@ -131,13 +132,13 @@ def build_items(count: int, rng: random.Random) -> tuple[list[dict[str, Any]], M
         row = item_columns(obj)
         deleted = rng.random() < 0.01
         row.update(
-            id=obj["id"], deleted=deleted, deleted_by_event_id="evt_bench_del" if deleted else None,
+            id=item_id, deleted=deleted, deleted_by_event_id="evt_bench_del" if deleted else None,
             deleted_by_event_created=date + 60 if deleted else None,
             last_event_id=f"evt_bench_{n}", last_event_created=date + 1, version_precedence=0,
             version_tiebreak=0,
         )
         rows.append(row)
-        ids.append(obj["id"])
+        ids.append(item_id)
         dates.append(date)
     return rows, Mirror(customers, invoices, ids, dates, [], [], [])
 
@@ -150,12 +151,13 @@ def build_payments(count: int, mirror: Mirror, rng: random.Random) -> list[dict[
         kind = rng.choices(("payment_intent", "payment_record", "charge"), weights=(85, 10, 5))[0]
         ref = stripe_id({"payment_intent": "pi_", "payment_record": "pr_", "charge": "ch_"}[kind], rng)
         invoice = rng.choice(mirror.invoices)
+        payment_id = stripe_id("inpay_", rng)
         obj = {
             "amount_paid": 4900 if status == "paid" else None,
             "amount_requested": 4900,
             "created": created,
             "currency": "usd",
-            "id": stripe_id("inpay_", rng),
+            "id": payment_id,
             "invoice": invoice,
             "is_default": True,
             "livemode": True,
@@ -168,10 +170,10 @@ def build_payments(count: int, mirror: Mirror, rng: random.Random) -> list[dict[
             },
         }
         row = payment_columns(obj)
-        row.update(id=obj["id"], last_event_id=f"evt_bench_p{n}", last_event_created=created + 61,
+        row.update(id=payment_id, last_event_id=f"evt_bench_p{n}", last_event_created=created + 61,
                    version_precedence=1 if status != "open" else 0, version_tiebreak=0)
         rows.append(row)
-        mirror.payment_ids.append(obj["id"])
+        mirror.payment_ids.append(payment_id)
         mirror.payment_invoices.append(invoice)
         if kind == "payment_intent":
             mirror.payment_intents.append(ref)

@@ -12,13 +12,13 @@ from sqlalchemy import ColumnElement, Connection, false, select
 
 from app.models import InvoiceItem
 from app.query.pagination import Listing, Page, fetch_page, time_conditions
-from app.query.params import Boolean, ListRequest, Text, Timestamp
+from app.query.params import Boolean, ListRequest, ParamSpec, Text, Timestamp
 from app.query.resource import Resource
 from app.upsert import table_of
 
 TABLE = table_of(InvoiceItem)
 
-FILTERS = {
+FILTERS: dict[str, ParamSpec] = {
     "customer": Text(),
     "invoice": Text(),
     "pending": Boolean(),

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Connection, select
 from app.models import InvoicePayment
 from app.query.errors import InvalidRequest
 from app.query.pagination import Listing, Page, fetch_page, time_conditions
-from app.query.params import Choice, ListRequest, Object, Text, Timestamp
+from app.query.params import Choice, ListRequest, Object, ParamSpec, Text, Timestamp
 from app.query.resource import Resource
 from app.upsert import table_of
 
@@ -18,7 +18,7 @@ STATUSES = ("open", "paid", "canceled")
 # Stripe's spec lists payment_intent and payment_record; an invoice payment may also be a bare charge.
 PAYMENT_TYPES = ("payment_intent", "payment_record", "charge")
 
-FILTERS = {
+FILTERS: dict[str, ParamSpec] = {
     "invoice": Text(),
     "status": Choice(STATUSES),
     "created": Timestamp(),
