@@ -218,6 +218,15 @@ def test_bad_parameters_are_400_with_param(api: TestClient, query: str, param: s
     assert error["message"]
 
 
+def test_database_down_is_a_stripe_api_error() -> None:
+    unreachable = "postgresql://postgres@127.0.0.1:9/nowhere?connect_timeout=2"
+    settings = Settings(database_url=unreachable, webhook_secrets=("whsec_x",), api_keys=(API_KEY,))
+    with TestClient(create_app(settings), headers=BEARER) as down:
+        response = down.get("/v1/invoiceitems")
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "api_error"
+
+
 def test_unknown_url_answers_like_stripe(api: TestClient) -> None:
     error = error_of(api.get("/v1/customers"), 404)
     assert error["message"] == "Unrecognized request URL (GET: /v1/customers)."

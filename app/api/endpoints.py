@@ -7,10 +7,12 @@ never stall the event loop (and the webhook receiver that shares it).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -23,7 +25,14 @@ from app.query.resource import Resource
 from app.settings import Settings
 
 JSON = "application/json"
+logger = logging.getLogger("billing_mirror.api")
 SyncEndpoint = Callable[[Request], Response]
+
+
+def api_error(status: int, message: str) -> Response:
+    """Stripe's ``api_error``: the request was fine, the server could not answer it."""
+    body = json.dumps({"error": {"type": "api_error", "message": message}})
+    return Response(body, status_code=status, media_type=JSON)
 
 
 def stripe_error(problem: InvalidRequest) -> Response:
@@ -48,6 +57,12 @@ def _guarded(handle: Callable[[Request, Engine], str]) -> SyncEndpoint:
             body = handle(request, request.app.state.read_engine)
         except InvalidRequest as problem:
             return stripe_error(problem)
+        except OperationalError:
+            logger.exception("read API: database unavailable")
+            return api_error(503, "The mirror's database is unavailable; try again shortly.")
+        except Exception:
+            logger.exception("read API: unexpected error")
+            return api_error(500, "The mirror could not answer this request.")
         return Response(body, media_type=JSON)
 
     return endpoint
