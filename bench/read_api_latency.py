@@ -8,7 +8,9 @@ What is timed: server-side work only. Each request is an in-process ASGI call to
 Starlette's TestClient, so no socket or HTTP parsing is included. The "query" column times the query
 function alone (app.query.*.list_page on an open connection). The baseline, measured in the same run on
 the same database, is GET /v1/invoiceitems/{id} (a primary-key lookup through the same stack); the
-ratio column is p99 / baseline p99.
+ratio column is p99 / baseline p99. The last column shows the page query's plan (EXPLAIN): the index it
+reads and "+sort" when the database sorts (PostgreSQL does so, by choice, when its statistics say only a
+few rows match: a bitmap scan and a sort of those rows), which does not depend on how busy the machine is.
 
 The mirror is filled by bulk insert (the only place in the project that writes rows directly), with
 rows built by the handlers' own column mapping (app.handlers.items.item_columns, ...payment_columns),
@@ -18,8 +20,10 @@ so every row holds exactly what ingesting the event would have stored. Nothing l
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import re
 import sqlite3
 import statistics
 import string
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
@@ -320,6 +324,34 @@ def time_query(engine: Engine, resource: Resource, queries: list[str]) -> list[f
     return samples
 
 
+def page_plan(engine: Engine, resource: Resource, query: str) -> str:
+    """How the database reads the page: the index it uses, and "+sort" if it has to sort rows."""
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.connect() as connection:
+            resource.list_page(connection, parse_list_request(parse_query_string(query), resource.filters))
+            statement, parameters = statements[-1]  # the page query comes after any cursor lookup
+            if engine.dialect.name == "sqlite":
+                rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+                details = " ".join(str(row[-1]) for row in rows)
+                indexes = re.findall(r"USING (?:COVERING )?INDEX (\w+)", details)
+                sorts = "TEMP B-TREE" in details
+            else:
+                plan = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar()
+                text_plan = json.dumps(plan)
+                indexes = re.findall(r'"Index Name": "(\w+)"', text_plan)
+                sorts = '"Node Type": "Sort"' in text_plan
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    used = ",".join(indexes) or "NO INDEX (scan)"
+    return used + ("+sort" if sorts else "")
+
+
 def measure(url: str, mirror: Mirror, requests: int, seed: int) -> None:
     settings = Settings(database_url=url, webhook_secrets=("whsec_bench",), api_keys=(API_KEY,))
     engine = make_engine(url, for_writing=False)
@@ -345,14 +377,15 @@ def measure(url: str, mirror: Mirror, requests: int, seed: int) -> None:
             p50, p99 = percentiles(samples)
             direct = time_query(engine, scenario.resource, [scenario.query(rng) for _ in range(requests)])
             q50, q99 = percentiles(direct)
+            plan = page_plan(engine, scenario.resource, scenario.query(rng))
             print(f"  {scenario.name:42} {p50:7.2f} {p99:7.2f} {p99 / base99:5.1f}x  {q50:7.2f} {q99:7.2f}"
-                  f"   {rows / requests:5.1f}")
+                  f"   {rows / requests:5.1f}  {plan}")
             sys.stdout.flush()
     engine.dispose()
 
 
 HEADER = (f"  {'scenario (100-row pages)':42} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6}  "
-          f"{'query p50':>7} {'p99':>7}   rows/page")
+          f"{'query p50':>7} {'p99':>7}   rows/page  plan of the page query")
 
 
 def load_note() -> str:
