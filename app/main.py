@@ -11,6 +11,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
+from app.api.auth import HOW_TO_OPEN
+from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
 from app.db import CommitCounter, is_sqlite, make_engine
 from app.errors import http_exception_handler
@@ -31,6 +33,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *api_routes(),
     ]
 
 
@@ -41,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not resolved.webhook_secrets:
             logger.error(HOW_TO_SET_SECRET)
+        if not resolved.api_keys:
+            logger.warning(HOW_TO_OPEN)
         engine = make_engine(resolved.database_url)
         commit_counter = CommitCounter(engine)
         read_engine = make_engine(resolved.database_url, for_writing=False)
