@@ -1,15 +1,22 @@
 """Group commit: requests that arrive while a commit is in flight share the next one.
 
-The event loop hands each verified event to a single writer thread and awaits its result; the
-writer drains whatever is queued (up to ``max_batch``) into one transaction. Under load that turns
+The event loop hands each verified event to a writer thread and awaits its result; the writer
+drains whatever is queued (up to ``max_batch``) into one transaction. Under load that turns
 hundreds of fsyncs into a few, while every caller still learns its outcome only after the commit.
+
+SQLite takes one writer (its write lock is held for the whole transaction, so a second writer would
+only wait). PostgreSQL gains from a few: while one writer waits on the server, with the GIL released,
+another prepares its batch. Batches of different writers may touch the same rows; ingest orders
+its writes and redoes a batch that hit a deadlock, as it does for several receiver processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.envelope import Event
@@ -22,34 +29,55 @@ class IngestCrashed(Exception):
     """Ingestion raised something that is neither a handler failure nor a database outage."""
 
 
-def _resolve(future: asyncio.Future[IngestResult], result: Any) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def _resolve(answers: list[tuple[asyncio.Future[IngestResult], Any]]) -> None:
+    for future, result in answers:
+        if future.done():  # the request was cancelled (client went away) while we committed
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+@dataclass
+class WriterStats:
+    """What the writers have done since start (updated under the committer's lock)."""
+
+    batches: int = 0  # ingest() calls, one transaction each unless the batch had to be redone
+    events: int = 0
+    largest_batch: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class GroupCommitter:
-    def __init__(self, store: EventStore, max_batch: int = 256) -> None:
+    def __init__(self, store: EventStore, max_batch: int = 256, writers: int = 1) -> None:
+        if writers < 1:
+            raise ValueError("a GroupCommitter needs at least one writer")
         self.store = store
         self.max_batch = max_batch
+        self.writers = writers
+        self.stats = WriterStats()
+        self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="billing-mirror-writer", daemon=True)
-        self._thread.start()
+        for number in range(self.writers):
+            thread = threading.Thread(target=self._run, name=f"billing-mirror-writer-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
+        for _ in self._threads:
+            self._queue.put(_STOP)  # each writer takes exactly one and finishes its batch first
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     async def submit(self, event: Event) -> IngestResult:
-        if self._thread is None:
+        if not self._threads:
             raise RuntimeError("GroupCommitter is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestResult] = loop.create_future()
@@ -80,8 +108,15 @@ class GroupCommitter:
             results = list(self.store.ingest([event for event, _, _ in batch]))
         except Exception as exc:  # a bug, not the database: fail these requests, keep the writer alive
             results = [IngestCrashed(f"{type(exc).__name__}: {exc}")] * len(batch)
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.events += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        # One wake-up of each event loop per batch, not one per event: the loop thread competes
+        # with this one for the GIL, and every call_soon_threadsafe writes to its self-pipe.
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IngestResult], Any]]] = {}
         for (_, loop, future), result in zip(batch, results, strict=True):
-            try:
-                loop.call_soon_threadsafe(_resolve, future, result)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            answers.setdefault(loop, []).append((future, result))
+        for loop, loop_answers in answers.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve, loop_answers)

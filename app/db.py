@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -39,6 +40,19 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         # Take the write lock up front: a deferred transaction that later upgrades can fail
         # with SQLITE_BUSY instead of waiting.
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class CommitCounter:
+    """Counts the transactions an engine really committed (group commit makes it far fewer than events)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.commits = 0
+        self._lock = threading.Lock()  # several writer threads may commit at once
+        event.listen(engine, "commit", self._on_commit)
+
+    def _on_commit(self, _connection: Any) -> None:
+        with self._lock:
+            self.commits += 1
 
 
 def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:

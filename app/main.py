@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,18 +11,30 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
+from app.api.auth import HOW_TO_OPEN
+from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
-from app.db import make_engine
+from app.db import CommitCounter, is_sqlite, make_engine
 from app.errors import http_exception_handler
+from app.health import healthz
 from app.ingest import EventStore
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.webhook import receive_stripe_webhook
 
 logger = logging.getLogger("billing_mirror")
 
+# Writer threads per process. SQLite serialises writers on its file lock, so more would only wait;
+# on PostgreSQL a few overlap their round trips (each holds one pooled connection of the 10).
+SQLITE_WRITERS = 1
+POSTGRES_WRITERS = 4
+
 
 def routes() -> list[BaseRoute]:
-    return [Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"])]
+    return [
+        Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        *api_routes(),
+    ]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -31,13 +44,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not resolved.webhook_secrets:
             logger.error(HOW_TO_SET_SECRET)
+        if not resolved.api_keys:
+            logger.warning(HOW_TO_OPEN)
         engine = make_engine(resolved.database_url)
+        commit_counter = CommitCounter(engine)
         read_engine = make_engine(resolved.database_url, for_writing=False)
-        committer = GroupCommitter(EventStore(engine), max_batch=resolved.max_batch_size)
+        writers = SQLITE_WRITERS if is_sqlite(resolved.database_url) else POSTGRES_WRITERS
+        committer = GroupCommitter(EventStore(engine), max_batch=resolved.max_batch_size, writers=writers)
         committer.start()
+        # Everything built so far lives as long as the process: keep it out of the cyclic GC's
+        # scans, which otherwise walk every module and compiled statement many times a second.
+        gc.collect()
+        gc.freeze()
         app.state.engine = engine
         app.state.read_engine = read_engine
         app.state.committer = committer
+        app.state.commit_counter = commit_counter
         try:
             yield
         finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, func, select
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, func, select, text
 from sqlmodel import Field, SQLModel, col
 
 # Set before any table exists so that every constraint and index has a stable, predictable name
@@ -70,21 +70,39 @@ class Tombstone(SQLModel):
     deleted_by_event_created: int | None = _ts()
 
 
+# Lists are read newest first by (creation time, id): every list filter has an index that starts with
+# the filtered column(s) and ends with that order, so a page is one index range scan with no sort.
+PENDING = "invoice IS NULL"
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
+
+
 class InvoicePayment(MirrorVersion, table=True):
     __tablename__ = "invoice_payments"
-    __table_args__ = (Index("ix_invoice_payments_created_id", "created", "id"),)
+    __table_args__ = (
+        Index("ix_invoice_payments_created_id", "created", "id"),
+        Index("ix_invoice_payments_invoice_created_id", "invoice", "created", "id"),
+        Index("ix_invoice_payments_status_created_id", "status", "created", "id"),
+        Index("ix_invoice_payments_payment_type_created_id", "payment_type", "created", "id"),
+        # Leads with payment_id, so it also serves lookups by payment id alone.
+        Index(
+            "ix_invoice_payments_payment_id_type_created_id", "payment_id", "payment_type", "created", "id"
+        ),
+    )
 
     id: str = Field(primary_key=True)
     amount_paid: int | None = Field(default=None, sa_type=BigInteger)
     amount_requested: int | None = Field(default=None, sa_type=BigInteger)
     created: int | None = _ts()
     currency: str | None = None
-    invoice: str | None = Field(default=None, index=True)
+    invoice: str | None = None
     is_default: bool | None = None
     livemode: bool | None = None
     payment_type: str | None = None
-    payment_id: str | None = Field(default=None, index=True)
-    status: str | None = Field(default=None, index=True)
+    payment_id: str | None = None
+    status: str | None = None
     paid_at: int | None = _ts(index=True)
     canceled_at: int | None = _ts(index=True)
     payload: str = Field(sa_column=Column(Text, nullable=False))
@@ -95,6 +113,10 @@ class InvoiceItem(MirrorVersion, Tombstone, table=True):
     __table_args__ = (
         Index("ix_invoice_items_date_id", "date", "id"),
         Index("ix_invoice_items_customer_date_id", "customer", "date", "id"),
+        Index("ix_invoice_items_invoice_date_id", "invoice", "date", "id"),
+        # Pending items (not yet on an invoice) are few; small partial indexes find them directly.
+        _partial("ix_invoice_items_pending_date_id", "date", "id", where=PENDING),
+        _partial("ix_invoice_items_pending_customer_date_id", "customer", "date", "id", where=PENDING),
     )
 
     id: str = Field(primary_key=True)
@@ -106,7 +128,7 @@ class InvoiceItem(MirrorVersion, Tombstone, table=True):
     description: str | None = Field(default=None, sa_type=Text)
     discountable: bool | None = None
     discounts: list[Any] | None = _json("discounts")
-    invoice: str | None = Field(default=None, index=True)
+    invoice: str | None = None
     livemode: bool | None = None
     metadata_: dict[str, Any] | None = _json("metadata")
     net_amount: int | None = Field(default=None, sa_type=BigInteger)

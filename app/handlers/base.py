@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from sqlalchemy.orm import Session
 
@@ -59,4 +60,5 @@ def count_set(mapping: Any) -> int:
 
 
 def to_json_text(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, non-ASCII kept as is (orjson: the payload of every row is written with it)."""
+    return orjson.dumps(obj).decode()

@@ -1,0 +1,239 @@
+"""Durable webhook throughput against a bare Starlette endpoint, measured in one run.
+
+    python -m bench.webhook_throughput [--requests 10000] [--concurrency 64] [--skip-postgres] [--workers 2]
+
+One run starts, one after the other, on 127.0.0.1 and with the same uvicorn settings:
+  1. bench/bare_app.py: reads the body and answers 200 JSON (the baseline);
+  2. billing-mirror on a fresh, migrated SQLite file;
+  3. billing-mirror on a temporary PostgreSQL database (created, migrated, dropped), with --workers
+     server processes.
+The same load generator sends each server the same number of distinct signed deliveries (after a
+warm-up) and the script prints events/s, p50/p99 latency and the ratio to the baseline. billing-mirror
+answers 2xx only after the event's transaction committed, so afterwards the number of rows in
+stripe_events must equal the number of 2xx answers; the script checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.db import normalize_url
+from app.migrate import upgrade
+from bench.deliveries import Delivery, DeliveryFactory, http_request
+from bench.loadgen import LoadResult, drive
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+SECRET = "whsec_benchmark_secret"
+TOLERANCE_SECONDS = 300
+# Identical for every server of the run: one event loop implementation, one HTTP parser, no access log.
+UVICORN_OPTIONS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
+PG_ADMIN_URL = os.environ.get("BILLING_MIRROR_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@dataclass
+class Measurement:
+    name: str
+    result: LoadResult
+    warmup: LoadResult
+    stored: int | None = None  # rows in stripe_events after the run (None for the baseline)
+    writer: dict[str, Any] | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(port: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"GET {path}: {head[:60]!r}")
+    return dict(json.loads(body))
+
+
+@contextlib.contextmanager
+def uvicorn_server(target: str, workers: int = 1, env: dict[str, str] | None = None,
+                   factory: bool = False) -> Iterator[int]:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port),
+               "--workers", str(workers), *UVICORN_OPTIONS]
+    if factory:
+        command.append("--factory")
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{target} exited with {process.returncode}")
+            try:
+                get_json(port, "/healthz", timeout=0.5)
+                break
+            except (OSError, RuntimeError, ValueError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{target} did not start") from None
+                time.sleep(0.1)
+        if workers > 1:
+            time.sleep(1.0)  # let every worker process finish its start-up
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def signed_requests(deliveries: list[Delivery]) -> list[bytes]:
+    """Signed now: each phase signs its own deliveries just before sending them."""
+    now = int(time.time())
+    return [http_request(delivery, SECRET, now) for delivery in deliveries]
+
+
+def load(port: int, deliveries: list[Delivery], concurrency: int) -> LoadResult:
+    started = time.monotonic()
+    result = asyncio.run(drive(HOST, port, signed_requests(deliveries), concurrency))
+    if time.monotonic() - started > TOLERANCE_SECONDS * 0.8:
+        print("warning: a phase came close to the signature tolerance; use fewer --requests", file=sys.stderr)
+    return result
+
+
+def count_stored(url: str) -> int:
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM stripe_events")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def temporary_postgres() -> Iterator[str]:
+    name = f"bm_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(normalize_url(PG_ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def measure_bare(warmup: list[Delivery], measured: list[Delivery], concurrency: int) -> Measurement:
+    with uvicorn_server("bench.bare_app:app") as port:
+        warm = load(port, warmup, concurrency)
+        result = load(port, measured, concurrency)
+    return Measurement("bare Starlette endpoint", result, warm)
+
+
+def measure_mirror(name: str, url: str, warmup: list[Delivery], measured: list[Delivery],
+                   concurrency: int, workers: int, factory: str) -> Measurement:
+    upgrade(url)
+    env = {"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": SECRET}
+    with uvicorn_server(factory, workers=workers, env=env, factory=True) as port:
+        warm = load(port, warmup, concurrency)
+        result = load(port, measured, concurrency)
+        writer = get_json(port, "/healthz")["writer"] if workers == 1 else None
+    # The server is stopped: whatever it answered 2xx must be in the database now.
+    return Measurement(name, result, warm, stored=count_stored(url), writer=writer)
+
+
+def report(measurements: list[Measurement], concurrency: int) -> bool:
+    baseline = measurements[0].result.rate
+    print(f"\n{len(measurements[0].result.latencies)} requests per server after a warm-up, "
+          f"{concurrency} keep-alive connections, load generator on the same machine "
+          f"({os.cpu_count()} cores)\n")
+    print(f"{'server':<40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} {'non-2xx':>8} "
+          f"{'errors':>7} {'ev/commit':>9}")
+    durable = True
+    for m in measurements:
+        r = m.result
+        per_commit = ""
+        if m.writer and m.writer.get("commits"):
+            per_commit = f"{m.writer['events'] / m.writer['commits']:.1f}"
+        p50, p99 = r.percentile(0.50) * 1000, r.percentile(0.99) * 1000
+        print(f"{m.name:<40} {r.rate:>9.0f} {p50:>8.2f} {p99:>8.2f} "
+              f"{r.rate / baseline:>6.1%} {r.not_ok:>8} {r.errors:>7} {per_commit:>9}")
+    print()
+    for m in measurements[1:]:
+        answered = m.result.ok + m.warmup.ok
+        verdict = "OK" if m.stored == answered else "MISMATCH"
+        durable &= m.stored == answered
+        extra = f"; writer {m.writer}" if m.writer else ""
+        print(f"durability {m.name}: {answered} answered 2xx, {m.stored} rows in stripe_events: "
+              f"{verdict}{extra}")
+    if any(m.result.not_ok or m.warmup.not_ok for m in measurements):
+        for m in measurements:
+            print(f"status codes {m.name}: {dict(m.result.statuses)} warm-up {dict(m.warmup.statuses)}")
+    return durable and all(m.result.not_ok == 0 for m in measurements)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=10_000, help="measured requests per server")
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up requests per server")
+    parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections")
+    parser.add_argument("--workers", type=int, default=1, help="server processes for the PostgreSQL run")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--app", default="app.main:create_app",
+                        help="billing-mirror's application factory, to compare a variant (importable module)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()  # a cheaper client leaves more of the shared CPU to the server
+    except ImportError:
+        pass
+
+    factory = DeliveryFactory()
+    # Every server gets its own distinct deliveries (so no server sees duplicates), of the same mix.
+    phases = 1 + (not args.skip_sqlite) + (not args.skip_postgres)
+    sets = [(factory.deliveries(args.warmup), factory.deliveries(args.requests)) for _ in range(phases)]
+    print(f"generated {phases} x {args.warmup + args.requests} distinct deliveries "
+          f"(average body {sum(len(d.body) for d in sets[0][1]) / max(1, args.requests):.0f} bytes)")
+
+    measurements = [measure_bare(*sets.pop(0), args.concurrency)]
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory(prefix="bm-bench-") as folder:
+            url = f"sqlite:///{Path(folder) / 'mirror.db'}"
+            measurements.append(measure_mirror("billing-mirror, SQLite (1 worker)", url, *sets.pop(0),
+                                               args.concurrency, workers=1, factory=args.app))
+    if not args.skip_postgres:
+        with temporary_postgres() as url:
+            measurements.append(measure_mirror(f"billing-mirror, PostgreSQL ({args.workers} worker(s))", url,
+                                               *sets.pop(0), args.concurrency, workers=args.workers,
+                                               factory=args.app))
+    sys.exit(0 if report(measurements, args.concurrency) else 1)
+
+
+if __name__ == "__main__":
+    main()
