@@ -9,7 +9,7 @@ only ever turns on (with the earliest deleting event remembered).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -88,6 +88,30 @@ def guarded_upsert(
     # The database's count of rows touched says whether the row was written: when the WHERE of
     # DO UPDATE is false, none is. (No RETURNING: it makes each SQLite upsert three times slower.)
     return prepared.execute(connection, values) > 0
+
+
+def guarded_upsert_many(
+    session: Session,
+    model: type[SQLModel],
+    rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    version: Version,
+) -> int:
+    """``guarded_upsert`` for many ``(key, data)`` rows of one shape written with one version (e.g. the
+    lines of one invoice snapshot), in a single driver call. Each row is still its own guarded
+    INSERT .. ON CONFLICT; returns how many rows were inserted or changed."""
+    if not rows:
+        return 0
+    table = table_of(model)
+    if "deleted" in table.c:
+        raise ValueError(f"{table.name} has tombstone columns: use guarded_upsert")
+    version_columns = version.as_columns()
+    values = [{**key, **data, **version_columns} for key, data in rows]
+    shape = tuple(values[0])
+    if any(tuple(row) != shape for row in values):
+        raise ValueError("guarded_upsert_many needs rows with the same columns")
+    connection = session.connection()
+    prepared = _prepared_upsert(connection.dialect, table, tuple(rows[0][0]), shape, False)
+    return prepared.executemany(connection, values)
 
 
 @lru_cache(maxsize=256)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.handlers.base import StripeObject, dig, ref_id, to_json_text
 from app.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
-from app.upsert import Version, delete_superseded, guarded_upsert
+from app.upsert import Version, delete_superseded, guarded_upsert, guarded_upsert_many
 
 
 def line_parent_details(line: StripeObject) -> dict[str, Any]:
@@ -73,21 +73,21 @@ def write_lines(
     The invoice row must already exist in this transaction (its upsert also locks it on PostgreSQL,
     which serialises everything below for one invoice across receivers).
     """
-    written = False
+    rows = []
     item_ids: set[str] = set()
     for position, line in enumerate(lines):
         if not isinstance(line, dict) or not isinstance(line.get("id"), str):
             continue
         columns = line_columns(line, invoice_id, position)
-        written |= guarded_upsert(session, InvoiceLineItem, {"id": line["id"]}, columns, version)
+        rows.append(({"id": line["id"]}, columns))
         if isinstance(columns["invoice_item"], str):
             item_ids.add(columns["invoice_item"])
+    written = guarded_upsert_many(session, InvoiceLineItem, rows, version) > 0
     if complete:
         written |= guarded_upsert(session, InvoiceLineSet, {"invoice": invoice_id}, {}, version)
     removed = delete_superseded(session, InvoiceLineItem, "invoice", InvoiceLineSet, "invoice", invoice_id)
     written |= removed > 0
     # Sorted so that two transactions touching the same items lock them in the same order.
-    for item_id in sorted(item_ids):
-        joined = {"invoice": invoice_id}
-        written |= guarded_upsert(session, InvoiceItemInvoice, {"invoice_item": item_id}, joined, version)
+    links = [({"invoice_item": item_id}, {"invoice": invoice_id}) for item_id in sorted(item_ids)]
+    written |= guarded_upsert_many(session, InvoiceItemInvoice, links, version) > 0
     return written
