@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from app.backfill_cli import backfill
 from app.query_cli import register as register_query_commands
 from app.settings import ConfigurationError, Settings
 
@@ -89,6 +90,7 @@ from app.cli_replay import replay  # noqa: E402
 cli.add_command(replay)
 cli.add_command(events)
 register_query_commands(cli)  # payments / items: list and get
+cli.add_command(backfill)
 
 
 def main() -> None:

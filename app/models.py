@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, func, select, text
+from sqlmodel import Field, SQLModel, col
 
 # Set before any table exists so that every constraint and index has a stable, predictable name
 # in migrations on both SQLite and PostgreSQL.
@@ -148,3 +148,231 @@ class InvoiceItem(MirrorVersion, Tombstone, table=True):
     tax_rates: list[Any] | None = _json("tax_rates")
     test_clock: str | None = None
     payload: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Invoice(MirrorVersion, Tombstone, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (
+        Index("ix_invoices_created_id", "created", "id"),
+        Index("ix_invoices_customer_created_id", "customer", "created", "id"),
+        Index("ix_invoices_status_created_id", "status", "created", "id"),
+        Index("ix_invoices_subscription_created_id", "subscription", "created", "id"),
+    )
+
+    id: str = Field(primary_key=True)
+    customer: str | None = None  # indexed with created below
+    customer_account: str | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    status: str | None = None
+    status_transitions: dict[str, Any] | None = _json("status_transitions")
+    finalized_at: int | None = _ts()
+    paid_at: int | None = _ts()
+    marked_uncollectible_at: int | None = _ts()
+    voided_at: int | None = _ts()
+    amount_due: int | None = Field(default=None, sa_type=BigInteger)
+    amount_paid: int | None = Field(default=None, sa_type=BigInteger)
+    amount_paid_off_stripe: int | None = Field(default=None, sa_type=BigInteger)
+    amount_remaining: int | None = Field(default=None, sa_type=BigInteger)
+    amount_overpaid: int | None = Field(default=None, sa_type=BigInteger)
+    amount_shipping: int | None = Field(default=None, sa_type=BigInteger)
+    subtotal: int | None = Field(default=None, sa_type=BigInteger)
+    subtotal_excluding_tax: int | None = Field(default=None, sa_type=BigInteger)
+    total: int | None = Field(default=None, sa_type=BigInteger)
+    total_excluding_tax: int | None = Field(default=None, sa_type=BigInteger)
+    starting_balance: int | None = Field(default=None, sa_type=BigInteger)
+    ending_balance: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = None
+    period_start: int | None = _ts()
+    period_end: int | None = _ts()
+    parent_type: str | None = None
+    subscription: str | None = None
+    quote: str | None = None
+    number: str | None = None
+    billing_reason: str | None = None
+    collection_method: str | None = None
+    due_date: int | None = _ts()
+    livemode: bool | None = None
+    metadata_: dict[str, Any] | None = _json("metadata")
+    created: int | None = _ts()
+    test_clock: str | None = None
+    # The winning snapshot's lines.has_more: only the first page of lines is known until a backfill.
+    lines_incomplete: bool | None = None
+    payload: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class InvoiceLineItem(MirrorVersion, table=True):
+    """A line of an invoice, versioned by the invoice snapshot that last listed it."""
+
+    __tablename__ = "invoice_line_items"
+    __table_args__ = (Index("ix_invoice_line_items_invoice_position_id", "invoice", "position", "id"),)
+
+    id: str = Field(primary_key=True)
+    invoice: str  # indexed with position below
+    # Index in the invoice's own line order (the order of lines.data and of GET /v1/invoices/{id}/lines).
+    position: int = Field(sa_type=BigInteger)
+    amount: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = None
+    description: str | None = Field(default=None, sa_type=Text)
+    discount_amounts: list[Any] | None = _json("discount_amounts")
+    discountable: bool | None = None
+    discounts: list[Any] | None = _json("discounts")
+    livemode: bool | None = None
+    metadata_: dict[str, Any] | None = _json("metadata")
+    parent_type: str | None = None
+    invoice_item: str | None = Field(default=None, index=True)
+    subscription_item: str | None = Field(default=None, index=True)
+    subscription: str | None = Field(default=None, index=True)
+    proration: bool | None = None
+    proration_details: dict[str, Any] | None = _json("proration_details")
+    period_start: int | None = _ts()
+    period_end: int | None = _ts()
+    pretax_credit_amounts: list[Any] | None = _json("pretax_credit_amounts")
+    pricing_type: str | None = None
+    price: str | None = None
+    product: str | None = None
+    unit_amount_decimal: str | None = None
+    quantity: int | None = Field(default=None, sa_type=BigInteger)
+    quantity_decimal: str | None = None
+    subtotal: int | None = Field(default=None, sa_type=BigInteger)
+    taxes: list[Any] | None = _json("taxes")
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class InvoiceLineSet(MirrorVersion, table=True):
+    """Per invoice, the version of the newest snapshot (or backfill) that listed every line
+    (``lines.has_more`` false). Lines written by an older version are no longer on the invoice."""
+
+    __tablename__ = "invoice_line_sets"
+
+    invoice: str = Field(primary_key=True)
+
+
+class InvoiceItemInvoice(MirrorVersion, table=True):
+    """The invoice an invoice item joined, learnt from the lines that reference it (Stripe sends no
+    invoiceitem.updated when a pending item is pulled onto an invoice). Versioned by the invoice
+    snapshot that carried the line, so it converges whatever the order of item and invoice events."""
+
+    __tablename__ = "invoice_item_invoices"
+
+    invoice_item: str = Field(primary_key=True)
+    invoice: str = Field(index=True)
+
+
+def item_invoice() -> Any:
+    """The invoice an item is on: its own snapshot's ``invoice`` or, failing that, the one its lines name."""
+    from_lines = (
+        select(col(InvoiceItemInvoice.invoice))
+        .where(col(InvoiceItemInvoice.invoice_item) == col(InvoiceItem.id))
+        .scalar_subquery()
+    )
+    return func.coalesce(InvoiceItem.invoice, from_lines)
+
+
+def item_pending() -> Any:
+    """Stripe's ``pending`` filter for invoice items: on no invoice yet."""
+    return item_invoice().is_(None)
+
+
+class BillingMeter(MirrorVersion, table=True):
+    __tablename__ = "billing_meters"
+    __table_args__ = (
+        Index("ix_billing_meters_created_id", "created", "id"),
+        Index("ix_billing_meters_status_created_id", "status", "created", "id"),
+    )
+
+    id: str = Field(primary_key=True)
+    status: str | None = None
+    display_name: str | None = None
+    event_name: str | None = Field(default=None, index=True)
+    event_time_window: str | None = None
+    aggregation_formula: str | None = None
+    customer_mapping: dict[str, Any] | None = _json("customer_mapping")
+    value_settings: dict[str, Any] | None = _json("value_settings")
+    status_transitions: dict[str, Any] | None = _json("status_transitions")
+    deactivated_at: int | None = _ts()
+    livemode: bool | None = None
+    created: int | None = _ts()
+    updated: int | None = _ts()
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class BillingAlert(MirrorVersion, table=True):
+    """Alerts have no creation time: lists are ordered by id, so each filter's index ends with id."""
+
+    __tablename__ = "billing_alerts"
+    __table_args__ = (
+        Index("ix_billing_alerts_alert_type_id", "alert_type", "id"),
+        Index("ix_billing_alerts_status_id", "status", "id"),
+        Index("ix_billing_alerts_meter_id", "meter", "id"),
+        Index("ix_billing_alerts_customer_id", "customer", "id"),
+    )
+
+    id: str = Field(primary_key=True)
+    alert_type: str | None = None
+    status: str | None = None
+    title: str | None = None
+    livemode: bool | None = None
+    meter: str | None = None
+    gte: int | None = Field(default=None, sa_type=BigInteger)
+    recurrence: str | None = None
+    # The customer of a single-customer filter (usage_threshold.filters), for the `customer` list filter.
+    customer: str | None = None
+    filters: list[Any] | None = _json("filters")
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class BillingAlertTrigger(MirrorVersion, table=True):
+    """Append-only log of billing.alert.triggered, one row per event (a redelivery never adds one)."""
+
+    __tablename__ = "billing_alert_triggers"
+    __table_args__ = (Index("ix_billing_alert_triggers_alert_created", "alert", "created"),)
+
+    event_id: str = Field(primary_key=True)
+    alert: str  # indexed with created below
+    customer: str | None = Field(default=None, index=True)
+    # The SDK types the value as a number, so keep fractions.
+    value: float | None = None
+    created: int | None = _ts(index=True)
+    livemode: bool | None = None
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class InvoiceRenderingTemplate(MirrorVersion, table=True):
+    """No events exist for templates: filled by `billing-mirror backfill templates`."""
+
+    __tablename__ = "invoice_rendering_templates"
+    __table_args__ = (
+        Index("ix_invoice_rendering_templates_created_id", "created", "id"),
+        Index("ix_invoice_rendering_templates_status_created_id", "status", "created", "id"),
+    )
+
+    id: str = Field(primary_key=True)
+    nickname: str | None = None
+    status: str | None = None
+    version: int | None = Field(default=None, sa_type=BigInteger)
+    livemode: bool | None = None
+    metadata_: dict[str, Any] | None = _json("metadata")
+    created: int | None = _ts()
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class BillingMeterErrorReport(MirrorVersion, table=True):
+    """Thin v1.billing.meter.error_report_triggered / no_meter_found notifications, one row per event."""
+
+    __tablename__ = "billing_meter_error_reports"
+
+    event_id: str = Field(primary_key=True)
+    type: str = Field(index=True)
+    meter: str | None = Field(default=None, index=True)
+    created: int = Field(sa_type=BigInteger, index=True)
+    livemode: bool | None = None
+    context: str | None = None
+    reason: dict[str, Any] | None = _json("reason")
+    # From the event's `data` block when the body carries it (it does once fetched from /v2/core/events).
+    developer_message_summary: str | None = Field(default=None, sa_type=Text)
+    validation_start: str | None = None
+    validation_end: str | None = None
+    error_count: int | None = Field(default=None, sa_type=BigInteger)
+    error_types: list[Any] | None = _json("error_types")
+    payload: str = Field(sa_column=Column(Text, nullable=False))

@@ -20,7 +20,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import is_sqlite, make_engine, normalize_url
-from app.query import invoice_items, invoice_payments
+from app.query import (
+    billing_alerts,
+    billing_meters,
+    invoice_items,
+    invoice_payments,
+    invoice_rendering_templates,
+    invoices,
+)
 from app.query.errors import InvalidRequest
 from app.query.pagination import Page
 from app.query.params import (
@@ -98,6 +105,39 @@ ITEM_COLUMNS: tuple[Column, ...] = (
     ("INVOICE", lambda o: ref(o.get("invoice")) or "(pending)"),
     ("DATE (UTC)", lambda o: when(o.get("date"))),
     ("DESCRIPTION", lambda o: _shorten(o.get("description"), DESCRIPTION_WIDTH)),
+)
+
+INVOICE_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda o: ref(o.get("id"))),
+    ("NUMBER", lambda o: str(o.get("number") or "")),
+    ("STATUS", lambda o: str(o.get("status") or "")),
+    ("CUSTOMER", lambda o: ref(o.get("customer"))),
+    ("TOTAL", lambda o: money(o.get("total"), o.get("currency"))),
+    ("PAID", lambda o: money(o.get("amount_paid"), o.get("currency"))),
+    ("CREATED (UTC)", lambda o: when(o.get("created"))),
+)
+METER_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda o: ref(o.get("id"))),
+    ("STATUS", lambda o: str(o.get("status") or "")),
+    ("EVENT NAME", lambda o: str(o.get("event_name") or "")),
+    ("AGGREGATION", lambda o: str((o.get("default_aggregation") or {}).get("formula") or "")),
+    ("DISPLAY NAME", lambda o: _shorten(o.get("display_name"), DESCRIPTION_WIDTH)),
+    ("CREATED (UTC)", lambda o: when(o.get("created"))),
+)
+ALERT_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda o: ref(o.get("id"))),
+    ("TYPE", lambda o: str(o.get("alert_type") or "")),
+    ("STATUS", lambda o: str(o.get("status") or "")),
+    ("METER", lambda o: ref((o.get("usage_threshold") or {}).get("meter"))),
+    ("THRESHOLD", lambda o: str((o.get("usage_threshold") or {}).get("gte") or "")),
+    ("TITLE", lambda o: _shorten(o.get("title"), DESCRIPTION_WIDTH)),
+)
+TEMPLATE_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda o: ref(o.get("id"))),
+    ("STATUS", lambda o: str(o.get("status") or "")),
+    ("VERSION", lambda o: str(o.get("version") or "")),
+    ("NICKNAME", lambda o: _shorten(o.get("nickname"), DESCRIPTION_WIDTH)),
+    ("CREATED (UTC)", lambda o: when(o.get("created"))),
 )
 
 
@@ -314,6 +354,15 @@ def query_groups() -> list[click.Group]:
             "payments", invoice_payments.RESOURCE, PAYMENT_COLUMNS, "Read the mirror's invoice payments."
         ),
         build_group("items", invoice_items.RESOURCE, ITEM_COLUMNS, "Read the mirror's invoice items."),
+        build_group("invoices", invoices.RESOURCE, INVOICE_COLUMNS, "Read the mirror's invoices."),
+        build_group("meters", billing_meters.RESOURCE, METER_COLUMNS, "Read the mirror's billing meters."),
+        build_group("alerts", billing_alerts.RESOURCE, ALERT_COLUMNS, "Read the mirror's billing alerts."),
+        build_group(
+            "templates",
+            invoice_rendering_templates.RESOURCE,
+            TEMPLATE_COLUMNS,
+            "Read the mirror's invoice rendering templates.",
+        ),
     ]
 
 

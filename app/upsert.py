@@ -9,12 +9,12 @@ only ever turns on (with the earliest deleting event remembered).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Dialect, Table, and_, case, or_, tuple_
+from sqlalchemy import Dialect, Table, and_, bindparam, case, delete, exists, or_, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
@@ -90,6 +90,30 @@ def guarded_upsert(
     return prepared.execute(connection, values) > 0
 
 
+def guarded_upsert_many(
+    session: Session,
+    model: type[SQLModel],
+    rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    version: Version,
+) -> int:
+    """``guarded_upsert`` for many ``(key, data)`` rows of one shape written with one version (e.g. the
+    lines of one invoice snapshot), in a single driver call. Each row is still its own guarded
+    INSERT .. ON CONFLICT; returns how many rows were inserted or changed."""
+    if not rows:
+        return 0
+    table = table_of(model)
+    if "deleted" in table.c:
+        raise ValueError(f"{table.name} has tombstone columns: use guarded_upsert")
+    version_columns = version.as_columns()
+    values = [{**key, **data, **version_columns} for key, data in rows]
+    shape = tuple(values[0])
+    if any(tuple(row) != shape for row in values):
+        raise ValueError("guarded_upsert_many needs rows with the same columns")
+    connection = session.connection()
+    prepared = _prepared_upsert(connection.dialect, table, tuple(rows[0][0]), shape, False)
+    return prepared.executemany(connection, values)
+
+
 @lru_cache(maxsize=256)
 def _prepared_upsert(
     dialect: Dialect, table: Table, key: tuple[str, ...], columns: tuple[str, ...], tombstoned: bool
@@ -130,3 +154,61 @@ def _upsert_statement(
         changed = or_(incoming_wins, earlier_delete)
 
     return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
+
+
+def delete_superseded(
+    session: Session,
+    child_model: type[SQLModel],
+    child_parent_column: str,
+    marker_model: type[SQLModel],
+    marker_parent_column: str,
+    parent_id: str,
+) -> int:
+    """Delete the children of ``parent_id`` written by a version older than the marker row's version.
+
+    The marker is a guarded row (e.g. the newest complete list of an invoice's lines). One DELETE whose
+    comparison happens in the database against the marker as it stands: an older snapshot can never
+    remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
+    are removed again, so the result does not depend on delivery order.
+    """
+    connection = session.connection()
+    child, marker = table_of(child_model), table_of(marker_model)
+    prepared = _superseded_statement(
+        connection.dialect, child, child_parent_column, marker, marker_parent_column
+    )
+    return prepared.execute(connection, {"parent_id": parent_id})
+
+
+@lru_cache(maxsize=64)
+def _superseded_statement(
+    dialect: Dialect, child: Table, child_parent_column: str, marker: Table, marker_parent_column: str
+) -> PreparedStatement:
+    """Built and compiled once per pair of tables; runs on the driver connection (app.driver_sql)."""
+    child_version = tuple_(*(child.c[name] for name in VERSION_COLUMNS))
+    marker_version = tuple_(*(marker.c[name] for name in VERSION_COLUMNS))
+    superseded = (
+        exists()
+        .where(marker.c[marker_parent_column] == child.c[child_parent_column], child_version < marker_version)
+        .correlate(child)
+    )
+    statement = delete(child).where(child.c[child_parent_column] == bindparam("parent_id"), superseded)
+    return PreparedStatement(statement, ("parent_id",), dialect, values_clause=False)
+
+
+def delete_unlisted(
+    session: Session,
+    model: type[SQLModel],
+    parent_column: str,
+    parent_id: str,
+    listed_ids: Collection[str],
+    version: Version,
+) -> int:
+    """Delete the rows of ``parent_id`` missing from a complete list known at ``version``, unless a
+    newer version wrote them. One guarded DELETE (used by backfills, whose list is newer than the
+    snapshot it is attributed to)."""
+    table = table_of(model)
+    stored = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
+    condition = and_(table.c[parent_column] == parent_id, stored <= tuple_(*version.as_columns().values()))
+    if listed_ids:
+        condition = and_(condition, table.c.id.not_in(list(listed_ids)))
+    return int(session.execute(delete(table).where(condition)).rowcount or 0)  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ def test_one_delivery(mirror, signed_delivery):
 
 def test_replay_over_http_and_direct(mirror, replay):
     summary = replay(SCENARIO)
-    assert (summary.sent, summary.applied, summary.duplicates, summary.ignored) == (11, 7, 1, 3)
+    assert (summary.sent, summary.applied, summary.duplicates, summary.ignored) == (11, 9, 1, 1)
     first = mirror.rows("invoice_payments")
     assert first[0]["status"] == "paid"
     again = replay(SCENARIO, direct=True)

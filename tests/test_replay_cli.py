@@ -31,7 +31,7 @@ def test_stdin_and_rejections_make_the_exit_status(db_url: str) -> None:
     )
     assert result.exit_code == 1  # one line was not an event
     lines = result.output.splitlines()
-    assert lines[0] == "sent 11, applied 7, duplicates 1, stale 0, ignored 3, failed 0, rejected 1"
+    assert lines[0] == "sent 11, applied 9, duplicates 1, stale 0, ignored 1, failed 0, rejected 1"
     assert "rejected 1: not an event envelope: Event has no 'id' (e.g. <stdin>:12)" in lines[1]
 
 

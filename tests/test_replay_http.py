@@ -29,10 +29,10 @@ def test_answers_are_counted_and_rejections_explained(client: TestClient, tmp_pa
     summary = replay_http(iter_sources([str(recording)]), client, "/webhooks/stripe", SECRET)
     assert summary.as_dict() | {"reasons": None} == {
         "sent": 12,
-        "applied": 7,
+        "applied": 9,
         "duplicates": 1,
         "stale": 0,
-        "ignored": 3,
+        "ignored": 1,
         "failed": 1,
         "rejected": 2,
         "reasons": None,
@@ -55,5 +55,5 @@ def test_a_wrong_secret_is_rejected_with_the_servers_message(client: TestClient)
 
 def test_concurrent_replay_gives_the_same_counts(client: TestClient) -> None:
     summary = replay_http(iter_sources([str(SCENARIO)]), client, "/webhooks/stripe", SECRET, concurrency=4)
-    assert (summary.sent, summary.duplicates, summary.ignored, summary.rejected) == (11, 1, 3, 0)
-    assert summary.applied + summary.stale == 7
+    assert (summary.sent, summary.duplicates, summary.ignored, summary.rejected) == (11, 1, 1, 0)
+    assert summary.applied + summary.stale == 9

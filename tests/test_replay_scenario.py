@@ -22,7 +22,7 @@ from tests.mirror_dump import dump_mirror, merge_applied_and_stale
 
 SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
-EXPECTED = {"sent": 11, "applied": 7, "duplicates": 1, "stale": 0, "ignored": 3, "failed": 0, "rejected": 0}
+EXPECTED = {"sent": 11, "applied": 9, "duplicates": 1, "stale": 0, "ignored": 1, "failed": 0, "rejected": 0}
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
@@ -112,7 +112,7 @@ def test_a_shuffled_replay_converges_to_the_same_mirror(
     path.write_text("\n".join(shuffled) + "\n", encoding="utf-8")
     # One event per transaction, so the shuffled order is really the order of application.
     summary = replay_direct_cli(db_url, path, "--batch-size", "1")
-    assert summary["sent"] == 11 and summary["duplicates"] == 1 and summary["ignored"] == 3
+    assert summary["sent"] == 11 and summary["duplicates"] == 1 and summary["ignored"] == 1
 
     expected = dump_mirror(in_order_url)
     got = dump_mirror(db_url)

@@ -15,7 +15,20 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 SCHEMA_SECTION = README.split("## SQL schema", 1)[1]
 EXAMPLES = re.findall(r"```sql\n(.*?)```", SCHEMA_SECTION, flags=re.S)
 JAN_2026, FEB_2026 = 1_767_225_600, 1_769_904_000
-DOCUMENTED_TABLES = ("stripe_events", "invoice_payments", "invoice_items")
+DOCUMENTED_TABLES = (
+    "stripe_events",
+    "invoice_payments",
+    "invoice_items",
+    "invoices",
+    "invoice_line_items",
+    "invoice_line_sets",
+    "invoice_item_invoices",
+    "billing_meters",
+    "billing_alerts",
+    "billing_alert_triggers",
+    "invoice_rendering_templates",
+    "billing_meter_error_reports",
+)
 
 
 @pytest.mark.parametrize("table", DOCUMENTED_TABLES)

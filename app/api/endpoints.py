@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 from app.api.auth import authenticate
 from app.query.errors import InvalidRequest, resource_missing
 from app.query.params import parse_list_request, parse_params, parse_query_string
-from app.query.registry import RESOURCES
-from app.query.resource import Resource
+from app.query.registry import NESTED_LISTS, RESOURCES
+from app.query.resource import NestedList, Resource
 from app.settings import Settings
 
 JSON = "application/json"
@@ -78,6 +78,17 @@ def list_endpoint(resource: Resource) -> SyncEndpoint:
     return _guarded(handle)
 
 
+def nested_list_endpoint(nested: NestedList) -> SyncEndpoint:
+    def handle(request: Request, engine: Engine) -> str:
+        wanted = parse_list_request(parse_query_string(request.url.query), nested.filters)
+        parent_id: str = request.path_params["parent_id"]
+        with engine.connect() as connection:
+            page = nested.list_page(connection, parent_id, wanted)
+        return page.list_json(nested.url_for(parent_id))
+
+    return _guarded(handle)
+
+
 def retrieve_endpoint(resource: Resource) -> SyncEndpoint:
     def handle(request: Request, engine: Engine) -> str:
         parse_params(parse_query_string(request.url.query), {})
@@ -97,7 +108,9 @@ def unknown_url(request: Request) -> Response:
 
 
 def api_routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = []
+    routes: list[BaseRoute] = [
+        Route(nested.url, nested_list_endpoint(nested), methods=["GET"]) for nested in NESTED_LISTS
+    ]
     for resource in RESOURCES:
         routes.append(Route(resource.url, list_endpoint(resource), methods=["GET"]))
         routes.append(Route(resource.url + "/{object_id}", retrieve_endpoint(resource), methods=["GET"]))

@@ -1,12 +1,17 @@
-"""invoice.* events. An invoice payload may embed its payments; those are mirrored like
-invoice_payment.paid, versioned by the invoice event that carried them."""
+"""invoice.* events: the invoice itself, its lines, the invoice items those lines reference and the
+payments it may embed (mirrored like invoice_payment.paid), all versioned by the invoice event."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
-from app.handlers.base import Outcome, Source, StripeObject, dig
+from app.handlers.base import Outcome, Source, StripeObject, count_set, dig, outcome_of, ref_id, to_json_text
+from app.handlers.lines import write_lines
 from app.handlers.payments import upsert_invoice_payment
+from app.models import Invoice
+from app.upsert import NO_DATA, Version, guarded_upsert
 
 # invoice.upcoming is left out on purpose: its invoice has no id and must not be mirrored.
 INVOICE_EVENT_TYPES = (
@@ -28,6 +33,70 @@ INVOICE_EVENT_TYPES = (
     "invoice.voided",
 )
 
+# paid and void are terminal: no snapshot of another status replaces them, whatever its time. Within
+# one second the rank (then the number of status-transition timestamps set) decides, so a tie never
+# moves an invoice backwards and a set timestamp never returns to null.
+TERMINAL_STATUSES = frozenset({"paid", "void"})
+STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+STUB_KEYS = frozenset({"id", "object", "deleted"})
+
+
+def invoice_version(obj: StripeObject, source: Source) -> Version:
+    status = obj.get("status")
+    rank = STATUS_RANK.get(status, 0) if isinstance(status, str) else 0
+    return Version(
+        precedence=1 if status in TERMINAL_STATUSES else 0,
+        created=source.created,
+        tiebreak=rank * 8 + count_set(obj.get("status_transitions")),
+        event_id=source.event_id,
+    )
+
+
+def invoice_columns(obj: StripeObject) -> dict[str, Any]:
+    transitions = obj.get("status_transitions")
+    lines = obj.get("lines")
+    return {
+        "customer": ref_id(obj.get("customer")),
+        "customer_account": obj.get("customer_account"),
+        "customer_email": obj.get("customer_email"),
+        "customer_name": obj.get("customer_name"),
+        "status": obj.get("status"),
+        "status_transitions": transitions,
+        "finalized_at": dig(transitions, "finalized_at"),
+        "paid_at": dig(transitions, "paid_at"),
+        "marked_uncollectible_at": dig(transitions, "marked_uncollectible_at"),
+        "voided_at": dig(transitions, "voided_at"),
+        "amount_due": obj.get("amount_due"),
+        "amount_paid": obj.get("amount_paid"),
+        "amount_paid_off_stripe": obj.get("amount_paid_off_stripe"),
+        "amount_remaining": obj.get("amount_remaining"),
+        "amount_overpaid": obj.get("amount_overpaid"),
+        "amount_shipping": obj.get("amount_shipping"),
+        "subtotal": obj.get("subtotal"),
+        "subtotal_excluding_tax": obj.get("subtotal_excluding_tax"),
+        "total": obj.get("total"),
+        "total_excluding_tax": obj.get("total_excluding_tax"),
+        "starting_balance": obj.get("starting_balance"),
+        "ending_balance": obj.get("ending_balance"),
+        "currency": obj.get("currency"),
+        "period_start": obj.get("period_start"),
+        "period_end": obj.get("period_end"),
+        "parent_type": dig(obj, "parent", "type"),
+        # Since 2025-03-31.basil the subscription lives under parent, not at the top level.
+        "subscription": ref_id(dig(obj, "parent", "subscription_details", "subscription")),
+        "quote": dig(obj, "parent", "quote_details", "quote"),
+        "number": obj.get("number"),
+        "billing_reason": obj.get("billing_reason"),
+        "collection_method": obj.get("collection_method"),
+        "due_date": obj.get("due_date"),
+        "livemode": obj.get("livemode"),
+        "metadata": obj.get("metadata"),
+        "created": obj.get("created"),
+        "test_clock": ref_id(obj.get("test_clock")),
+        "lines_incomplete": bool(lines.get("has_more")) if isinstance(lines, dict) else None,
+        "payload": to_json_text(obj),
+    }
+
 
 def upsert_embedded_payments(session: Session, invoice: StripeObject, source: Source) -> Outcome:
     payments = dig(invoice, "payments", "data")
@@ -37,5 +106,30 @@ def upsert_embedded_payments(session: Session, invoice: StripeObject, source: So
     return Outcome.APPLIED if any(written) else Outcome.STALE
 
 
+def upsert_invoice(session: Session, obj: StripeObject, source: Source) -> bool:
+    """The invoice row, then its lines; returns whether anything changed."""
+    invoice_id = obj["id"]
+    deleting = source.type == "invoice.deleted"
+    stub = deleting and set(obj) <= STUB_KEYS
+    version = NO_DATA if stub else invoice_version(obj, source)
+    written = guarded_upsert(
+        session,
+        Invoice,
+        {"id": invoice_id},
+        {} if stub else invoice_columns(obj),
+        version,
+        deleted_by=(source.event_id, source.created) if deleting else None,
+    )
+    lines = obj.get("lines")
+    if isinstance(lines, dict) and isinstance(lines.get("data"), list):
+        complete = not lines.get("has_more")
+        written |= write_lines(session, invoice_id, lines["data"], complete, version)
+    return written
+
+
 def handle_invoice_event(session: Session, obj: StripeObject, source: Source) -> Outcome:
-    return upsert_embedded_payments(session, obj, source)
+    if not isinstance(obj.get("id"), str):
+        return Outcome.IGNORED  # an invoice without an id (a preview) is never mirrored
+    written = upsert_invoice(session, obj, source)
+    payments = upsert_embedded_payments(session, obj, source)
+    return outcome_of(written or payments == Outcome.APPLIED)

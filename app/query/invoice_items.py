@@ -1,22 +1,25 @@
 """Reading invoice items: GET /v1/invoiceitems and ``billing-mirror items``.
 
 Invoice items have ``date`` and no ``created``: the ``created`` filter and the list order use ``date``.
-Deleted items are left out of lists and retrieve as Stripe's deleted object.
+Deleted items are left out of lists and retrieve as Stripe's deleted object. An item is on an invoice
+when its own snapshot says so or when a line of an invoice names it (invoice_item_invoices): Stripe
+sends no event when a pending item is pulled onto an invoice.
 """
 
 from __future__ import annotations
 
 import json
 
-from sqlalchemy import ColumnElement, Connection, false, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, false, or_, select
 
-from app.models import InvoiceItem
+from app.models import InvoiceItem, InvoiceItemInvoice
 from app.query.pagination import Listing, Page, fetch_page, time_conditions
 from app.query.params import Boolean, ListRequest, ParamSpec, Text, Timestamp
 from app.query.resource import Resource
 from app.upsert import table_of
 
 TABLE = table_of(InvoiceItem)
+LINKS = table_of(InvoiceItemInvoice)
 
 FILTERS: dict[str, ParamSpec] = {
     "customer": Text(),
@@ -31,6 +34,12 @@ def deleted_object(item_id: str) -> str:
     return json.dumps({"id": item_id, "object": "invoiceitem", "deleted": True}, separators=(",", ":"))
 
 
+def _linked(invoice: str | None = None) -> ColumnElement[bool]:
+    """A line of some invoice (or of ``invoice``) names this item."""
+    link = exists().where(LINKS.c.invoice_item == TABLE.c.id)
+    return link.where(LINKS.c.invoice == invoice) if invoice is not None else link
+
+
 def list_page(connection: Connection, request: ListRequest) -> Page:
     filters = request.filters
     # A stub tombstone has no payload; it is deleted anyway, the second test only keeps lists safe.
@@ -38,10 +47,13 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     if "customer" in filters:
         conditions.append(TABLE.c.customer == filters["customer"])
     if "invoice" in filters:
-        conditions.append(TABLE.c.invoice == filters["invoice"])
+        on_it = TABLE.c.invoice == filters["invoice"]
+        conditions.append(or_(on_it, and_(TABLE.c.invoice.is_(None), _linked(filters["invoice"]))))
     if "pending" in filters:
-        # Written exactly as the partial indexes' predicate, so both databases can use them.
-        conditions.append(TABLE.c.invoice.is_(None) if filters["pending"] else TABLE.c.invoice.is_not(None))
+        # "invoice IS NULL" is written exactly as the partial indexes' predicate, so both databases
+        # can use them; the link check then only runs on those few rows.
+        pending = and_(TABLE.c.invoice.is_(None), ~_linked())
+        conditions.append(pending if filters["pending"] else or_(TABLE.c.invoice.is_not(None), _linked()))
     if "created" in filters:
         conditions += time_conditions(TABLE.c.date, filters["created"])
     return fetch_page(connection, LISTING, conditions, request.page)

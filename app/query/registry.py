@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from app.query import invoice_items, invoice_payments
-from app.query.resource import Resource
+from app.query import (
+    billing_alerts,
+    billing_meters,
+    invoice_items,
+    invoice_lines,
+    invoice_payments,
+    invoice_rendering_templates,
+    invoices,
+)
+from app.query.resource import NestedList, Resource
 
-RESOURCES: tuple[Resource, ...] = (invoice_payments.RESOURCE, invoice_items.RESOURCE)
+RESOURCES: tuple[Resource, ...] = (
+    invoice_payments.RESOURCE,
+    invoice_items.RESOURCE,
+    invoices.RESOURCE,
+    billing_meters.RESOURCE,
+    billing_alerts.RESOURCE,
+    invoice_rendering_templates.RESOURCE,
+)
+# Lists under a parent object; served before the parent's retrieve route.
+NESTED_LISTS: tuple[NestedList, ...] = (invoice_lines.LINES,)

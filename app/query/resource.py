@@ -19,3 +19,18 @@ class Resource:
     list_page: Callable[[Connection, ListRequest], Page]
     # The object as JSON text (a deleted object's stub where the resource has tombstones), or None.
     retrieve: Callable[[Connection, str], str | None]
+
+
+@dataclass(frozen=True)
+class NestedList:
+    """A list that lives under one parent object, e.g. GET /v1/invoices/{id}/lines (list only)."""
+
+    object_name: str  # e.g. "line_item"
+    parent_name: str  # e.g. "invoice", as in "No such invoice: 'x'"
+    url: str  # with a "{parent_id}" placeholder
+    filters: Mapping[str, ParamSpec]
+    # Raises resource_missing when the parent is unknown.
+    list_page: Callable[[Connection, str, ListRequest], Page]
+
+    def url_for(self, parent_id: str) -> str:
+        return self.url.replace("{parent_id}", parent_id)

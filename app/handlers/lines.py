@@ -1,0 +1,93 @@
+"""Invoice line items: the `lines` list of an invoice snapshot (or a backfilled lines page).
+
+Lines are written with the version of the snapshot that listed them. ``invoice_line_sets`` remembers,
+per invoice, the newest version that listed every line (``has_more`` false); lines written by an
+older version are deleted in one guarded statement. Invoice items referenced by a line learn their
+invoice in ``invoice_item_invoices``. The result depends only on the set of snapshots seen, never on
+their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.handlers.base import StripeObject, dig, ref_id, to_json_text
+from app.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
+from app.upsert import Version, delete_superseded, guarded_upsert, guarded_upsert_many
+
+
+def line_parent_details(line: StripeObject) -> dict[str, Any]:
+    """The parent block named by parent.type (invoice_item_details or subscription_item_details)."""
+    parent = line.get("parent")
+    if not isinstance(parent, dict):
+        return {}
+    details = parent.get(parent.get("type")) if isinstance(parent.get("type"), str) else None
+    return details if isinstance(details, dict) else {}
+
+
+def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str, Any]:
+    details = line_parent_details(line)
+    pricing = line.get("pricing") or {}
+    period = line.get("period") or {}
+    discounts = line.get("discounts")
+    return {
+        "invoice": invoice_id,
+        "position": position,
+        "amount": line.get("amount"),
+        "currency": line.get("currency"),
+        "description": line.get("description"),
+        "discount_amounts": line.get("discount_amounts"),
+        "discountable": line.get("discountable"),
+        "discounts": [ref_id(d) or d for d in discounts] if isinstance(discounts, list) else discounts,
+        "livemode": line.get("livemode"),
+        "metadata": line.get("metadata"),
+        "parent_type": dig(line, "parent", "type"),
+        "invoice_item": details.get("invoice_item"),
+        "subscription_item": details.get("subscription_item"),
+        "subscription": ref_id(details.get("subscription")) or ref_id(line.get("subscription")),
+        "proration": details.get("proration"),
+        "proration_details": details.get("proration_details"),
+        "period_start": period.get("start"),
+        "period_end": period.get("end"),
+        "pretax_credit_amounts": line.get("pretax_credit_amounts"),
+        "pricing_type": pricing.get("type"),
+        "price": ref_id(dig(pricing, "price_details", "price")),
+        "product": dig(pricing, "price_details", "product"),
+        "unit_amount_decimal": pricing.get("unit_amount_decimal"),
+        "quantity": line.get("quantity"),
+        "quantity_decimal": line.get("quantity_decimal"),
+        "subtotal": line.get("subtotal"),
+        "taxes": line.get("taxes"),
+        "payload": to_json_text(line),
+    }
+
+
+def write_lines(
+    session: Session, invoice_id: str, lines: Sequence[Any], complete: bool, version: Version
+) -> bool:
+    """Upsert ``lines`` (in invoice order) and drop lines superseded by the newest complete list.
+
+    The invoice row must already exist in this transaction (its upsert also locks it on PostgreSQL,
+    which serialises everything below for one invoice across receivers).
+    """
+    rows = []
+    item_ids: set[str] = set()
+    for position, line in enumerate(lines):
+        if not isinstance(line, dict) or not isinstance(line.get("id"), str):
+            continue
+        columns = line_columns(line, invoice_id, position)
+        rows.append(({"id": line["id"]}, columns))
+        if isinstance(columns["invoice_item"], str):
+            item_ids.add(columns["invoice_item"])
+    written = guarded_upsert_many(session, InvoiceLineItem, rows, version) > 0
+    if complete:
+        written |= guarded_upsert(session, InvoiceLineSet, {"invoice": invoice_id}, {}, version)
+    removed = delete_superseded(session, InvoiceLineItem, "invoice", InvoiceLineSet, "invoice", invoice_id)
+    written |= removed > 0
+    # Sorted so that two transactions touching the same items lock them in the same order.
+    links = [({"invoice_item": item_id}, {"invoice": invoice_id}) for item_id in sorted(item_ids)]
+    written |= guarded_upsert_many(session, InvoiceItemInvoice, links, version) > 0
+    return written

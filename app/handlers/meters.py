@@ -1,0 +1,52 @@
+"""billing.meter.created|updated|deactivated|reactivated -> billing_meters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.handlers.base import Outcome, Source, StripeObject, dig, outcome_of, to_json_text
+from app.models import BillingMeter
+from app.upsert import Version, guarded_upsert
+
+METER_EVENT_TYPES = (
+    "billing.meter.created",
+    "billing.meter.updated",
+    "billing.meter.deactivated",
+    "billing.meter.reactivated",
+)
+
+
+def meter_version(obj: StripeObject, source: Source) -> Version:
+    # Within one event second the meter's own `updated` time orders deactivate/reactivate pairs.
+    updated = obj.get("updated")
+    return Version(0, source.created, updated if isinstance(updated, int) else 0, source.event_id)
+
+
+def meter_columns(obj: StripeObject) -> dict[str, Any]:
+    return {
+        "status": obj.get("status"),
+        "display_name": obj.get("display_name"),
+        "event_name": obj.get("event_name"),
+        "event_time_window": obj.get("event_time_window"),
+        "aggregation_formula": dig(obj, "default_aggregation", "formula"),
+        "customer_mapping": obj.get("customer_mapping"),
+        "value_settings": obj.get("value_settings"),
+        "status_transitions": obj.get("status_transitions"),
+        "deactivated_at": dig(obj, "status_transitions", "deactivated_at"),
+        "livemode": obj.get("livemode"),
+        "created": obj.get("created"),
+        "updated": obj.get("updated"),
+        "payload": to_json_text(obj),
+    }
+
+
+def handle_meter_event(session: Session, obj: StripeObject, source: Source) -> Outcome:
+    meter_id = obj.get("id")
+    if not isinstance(meter_id, str):
+        raise ValueError("billing.meter object has no id")
+    written = guarded_upsert(
+        session, BillingMeter, {"id": meter_id}, meter_columns(obj), meter_version(obj, source)
+    )
+    return outcome_of(written)

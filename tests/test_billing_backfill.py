@@ -1,0 +1,154 @@
+"""`billing-mirror backfill templates|lines`: Stripe list JSON the user fetched, into the mirror."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from sqlalchemy import Engine
+
+from app.backfill import BackfillError, backfill_templates, parse_list, run_in_transaction
+from app.cli import cli
+from tests.billing import INVOICE_G, T0, fixture_path, ingest, recorded, snapshot_of
+from tests.events import make_event
+from tests.mirror import one, rows
+
+TEMPLATES = fixture_path("invoice_rendering_templates.list.json")
+LINES_G = fixture_path("invoice_lines.in_G.json")
+
+
+def run(db_url: str, *args: str) -> Any:
+    result = CliRunner().invoke(cli, ["backfill", *args, "--database-url", db_url])
+    return result
+
+
+def write(tmp_path: Path, name: str, document: Any) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_templates_command_fills_the_table(db_url: str, engine: Engine) -> None:
+    result = run(db_url, "templates", str(TEMPLATES))
+    assert result.exit_code == 0, result.output
+    assert "2 templates read, 2 written" in result.output
+    listed = json.loads(TEMPLATES.read_text())["data"]
+    found = {row["id"]: row for row in rows(engine, "invoice_rendering_templates")}
+    eu = found["inrtem_1SyJ10B7WZ01zgkWtplEU01"]
+    assert (eu["nickname"], eu["status"], eu["version"], eu["metadata"]) == (
+        "EU invoices (VAT)",
+        "active",
+        3,
+        {"region": "eu"},
+    )
+    assert (eu["created"], eu["livemode"], eu["last_event_id"]) == (T0 - 86400 * 30, False, "backfill")
+    assert json.loads(eu["payload"]) == listed[0]
+    assert found["inrtem_1SyJ11B7WZ01zgkWtplOLD1"]["status"] == "archived"
+
+
+def test_templates_are_versioned_by_their_version(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    listed = json.loads(TEMPLATES.read_text())
+    run(db_url, "templates", str(TEMPLATES))
+    older = copy.deepcopy(listed)
+    older["data"][0].update(version=2, nickname="EU (old)")
+    result = run(db_url, "templates", write(tmp_path, "older.json", older))
+    assert "2 templates read, 1 written" in result.output  # the same second template, rewritten as is
+    assert (
+        one(engine, "invoice_rendering_templates", id="inrtem_1SyJ10B7WZ01zgkWtplEU01")["nickname"]
+        == "EU invoices (VAT)"
+    )
+    # Archiving does not bump the version; a re-fetch of the same version still wins.
+    archived = copy.deepcopy(listed)
+    archived["data"][0]["status"] = "archived"
+    run(db_url, "templates", write(tmp_path, "archived.json", archived))
+    assert (
+        one(engine, "invoice_rendering_templates", id="inrtem_1SyJ10B7WZ01zgkWtplEU01")["status"]
+        == "archived"
+    )
+
+
+def test_bad_input_is_refused_without_writing(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    not_a_list = run(db_url, "templates", write(tmp_path, "x.json", {"data": []}))
+    assert not_a_list.exit_code != 0 and "Stripe list object" in not_a_list.output
+    mixed = json.loads(TEMPLATES.read_text())
+    mixed["data"].append({"id": "in_1", "object": "invoice"})
+    refused = run(db_url, "templates", write(tmp_path, "mixed.json", mixed))
+    assert refused.exit_code != 0 and "Not an invoice_rendering_template" in refused.output
+    assert rows(engine, "invoice_rendering_templates") == []  # one transaction: nothing half-written
+
+
+def test_pages_may_be_given_as_an_array(engine: Engine) -> None:
+    listed = json.loads(TEMPLATES.read_text())
+    first = {**listed, "data": listed["data"][:1], "has_more": True}
+    second = {**listed, "data": listed["data"][1:], "has_more": False}
+    page = parse_list([first, second])
+    assert page.complete and [t["id"] for t in page.data] == [t["id"] for t in listed["data"]]
+    assert not parse_list([first]).complete
+    assert run_in_transaction(engine, lambda session: backfill_templates(session, page.data)) == 2
+    try:
+        parse_list({"object": "invoice"})
+    except BackfillError:
+        pass
+    else:
+        raise AssertionError("a non-list document was accepted")
+
+
+def test_lines_backfill_completes_an_invoice(db_url: str, engine: Engine) -> None:
+    event = recorded("invoice.created.has_more")
+    ingest(engine, event)
+    assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is True
+    assert len(rows(engine, "invoice_line_items")) == 10
+    result = run(db_url, "lines", INVOICE_G, str(LINES_G))
+    assert result.exit_code == 0, result.output
+    assert "12 lines written" in result.output and "lines complete" in result.output
+    found = sorted(rows(engine, "invoice_line_items"), key=lambda row: row["position"])
+    assert [row["id"] for row in found] == [line["id"] for line in json.loads(LINES_G.read_text())["data"]]
+    assert {row["last_event_id"] for row in found} == {event["id"]}  # attributed to the invoice version
+    assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is False
+    # Items behind the lines beyond the first page learn their invoice too.
+    assert (
+        one(engine, "invoice_item_invoices", invoice_item="ii_1SyK51B7WZ01zgkWusgG0011")["invoice"]
+        == INVOICE_G
+    )
+
+
+def test_lines_backfill_removes_lines_no_longer_listed(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    ingest(engine, recorded("invoice.created.has_more"))
+    page = json.loads(LINES_G.read_text())
+    page["data"] = page["data"][2:]
+    run(db_url, "lines", INVOICE_G, write(tmp_path, "lines.json", page))
+    assert len(rows(engine, "invoice_line_items")) == 10
+
+
+def test_a_partial_page_keeps_the_invoice_incomplete(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    ingest(engine, recorded("invoice.created.has_more"))
+    page = json.loads(LINES_G.read_text()) | {"has_more": True}
+    result = run(db_url, "lines", INVOICE_G, write(tmp_path, "lines.json", page))
+    assert "still incomplete" in result.output
+    assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is True
+    assert len(rows(engine, "invoice_line_items")) == 12
+
+
+def test_a_newer_event_after_the_backfill_decides_again(db_url: str, engine: Engine) -> None:
+    ingest(engine, recorded("invoice.created.has_more"))
+    run(db_url, "lines", INVOICE_G, str(LINES_G))
+    newer = snapshot_of("invoice.created.has_more")
+    newer["lines"]["data"] = newer["lines"]["data"][:5]
+    ingest(engine, make_event("invoice.updated", newer, created=T0 + 4000))
+    assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is True
+    assert len(rows(engine, "invoice_line_items")) == 12  # has_more: nothing is known to be gone
+
+
+def test_lines_of_an_unknown_invoice_are_refused(db_url: str, engine: Engine) -> None:
+    result = run(db_url, "lines", INVOICE_G, str(LINES_G))
+    assert result.exit_code != 0 and "not in the mirror yet" in result.output
+    assert rows(engine, "invoice_line_items") == []
+
+
+def test_lines_of_another_invoice_are_refused(db_url: str, engine: Engine) -> None:
+    ingest(engine, recorded("invoice.created"))
+    result = run(db_url, "lines", "in_1SyA10B7WZ01zgkWrnwlA001", str(LINES_G))
+    assert result.exit_code != 0 and "Not a line of" in result.output
