@@ -51,7 +51,7 @@ def parse_list(document: Any) -> StripeList:
     for page in pages:
         is_list = isinstance(page, dict) and page.get("object") == "list"
         if not is_list or not isinstance(page.get("data"), list):
-            raise BackfillError("Expected a Stripe list object {\"object\": \"list\", \"data\": [...]}")
+            raise BackfillError('Expected a Stripe list object {"object": "list", "data": [...]}')
         data.extend(obj for obj in page["data"] if isinstance(obj, dict))
         complete = not page.get("has_more", False)
     return StripeList(data, complete)

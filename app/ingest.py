@@ -120,8 +120,19 @@ class _RedoCarefully(Exception):
 
 
 _EVENT_COLUMNS = (
-    "id", "type", "created", "api_version", "livemode", "account", "thin", "object_id", "payload",
-    "received_at", "processed_at", "outcome", "attempts",
+    "id",
+    "type",
+    "created",
+    "api_version",
+    "livemode",
+    "account",
+    "thin",
+    "object_id",
+    "payload",
+    "received_at",
+    "processed_at",
+    "outcome",
+    "attempts",
 )
 _LOOKUP_CHUNK = 5000
 
@@ -152,8 +163,7 @@ _KNOWN_EVENTS_SQL = {
     "sqlite": "SELECT id, outcome, attempts FROM stripe_events"
     " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
     # FOR UPDATE: another receiver cannot re-apply the same failed event meanwhile.
-    "postgresql": "SELECT id, outcome, attempts FROM stripe_events"
-    " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+    "postgresql": "SELECT id, outcome, attempts FROM stripe_events WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
 }
 
 
@@ -218,8 +228,12 @@ def store_and_apply_batch(
             new_rows.append(_event_row(event, received, outcome))
         else:
             reapplied.append(
-                {"event_id": event.id, "new_outcome": outcome.value, "processed": received,
-                 "new_attempts": known[1] + 1}
+                {
+                    "event_id": event.id,
+                    "new_outcome": outcome.value,
+                    "processed": received,
+                    "new_attempts": known[1] + 1,
+                }
             )
     if store.executemany(connection, new_rows) != len(new_rows):
         raise _RedoCarefully("an event of this batch was stored concurrently")
@@ -230,9 +244,7 @@ def store_and_apply_batch(
 class EventStore:
     """Stores and applies events against one engine; safe to share between threads."""
 
-    def __init__(
-        self, engine: Engine, apply: Callable[[Session, Event], Outcome] = apply_event
-    ) -> None:
+    def __init__(self, engine: Engine, apply: Callable[[Session, Event], Outcome] = apply_event) -> None:
         self.engine = engine
         self.apply = apply
 

@@ -48,14 +48,31 @@ from app.settings import default_database_url
 StripeObject = dict[str, Any]
 Column = tuple[str, Callable[[StripeObject], str]]
 # Currencies whose amounts Stripe gives in whole units, not hundredths.
-ZERO_DECIMAL = frozenset({
-    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
-    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
-})
+ZERO_DECIMAL = frozenset(
+    {
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    }
+)
 DESCRIPTION_WIDTH = 40
 
 
 # ---- formatting -------------------------------------------------------------------------------
+
 
 def when(value: Any) -> str:
     if not isinstance(value, int) or isinstance(value, bool):
@@ -145,8 +162,10 @@ def render_table(columns: Sequence[Column], objects: Sequence[StripeObject]) -> 
     rows = [[cell(obj) for _, cell in columns] for obj in objects]
     headers = [header for header, _ in columns]
     widths = [max(len(value) for value in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
-             for row in (headers, *rows)]
+    lines = [
+        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        for row in (headers, *rows)
+    ]
     return "\n".join(lines)
 
 
@@ -156,6 +175,7 @@ def render_record(columns: Sequence[Column], obj: StripeObject) -> str:
 
 
 # ---- options from the filter schema ----------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FilterOption:
@@ -203,26 +223,56 @@ def filter_options(schema: Mapping[str, ParamSpec], parent: tuple[str, ...] = ()
             continue
         name = _option_name(path)
         if isinstance(spec, Timestamp):
-            options.append(FilterOption(path, click.Option(
-                [_flag(name), _dest(path)], callback=_to_unix,
-                help=f"{name} equal to this time (unix seconds or ISO 8601, UTC).")))
+            options.append(
+                FilterOption(
+                    path,
+                    click.Option(
+                        [_flag(name), _dest(path)],
+                        callback=_to_unix,
+                        help=f"{name} equal to this time (unix seconds or ISO 8601, UTC).",
+                    ),
+                )
+            )
             for op in RANGE_OPERATORS:
                 sub = (*path, op)
-                options.append(FilterOption(sub, click.Option(
-                    [_flag(f"{name}_{op}"), _dest(sub)], callback=_to_unix,
-                    help=f"{name} {op} this time (unix seconds or ISO 8601, UTC)."
-                )))
+                options.append(
+                    FilterOption(
+                        sub,
+                        click.Option(
+                            [_flag(f"{name}_{op}"), _dest(sub)],
+                            callback=_to_unix,
+                            help=f"{name} {op} this time (unix seconds or ISO 8601, UTC).",
+                        ),
+                    )
+                )
         elif isinstance(spec, Boolean):
-            options.append(FilterOption(path, click.Option(
-                [f"{_flag(name)}/--no-{name.replace('_', '-')}", _dest(path)], default=None,
-                help=f"Only with {name}=true (or false with --no-{name.replace('_', '-')}).")))
+            options.append(
+                FilterOption(
+                    path,
+                    click.Option(
+                        [f"{_flag(name)}/--no-{name.replace('_', '-')}", _dest(path)],
+                        default=None,
+                        help=f"Only with {name}=true (or false with --no-{name.replace('_', '-')}).",
+                    ),
+                )
+            )
         elif isinstance(spec, Choice):
-            options.append(FilterOption(path, click.Option(
-                [_flag(name), _dest(path)], type=click.Choice(spec.values),
-                help=f"Filter on {display_name(path)}.")))
+            options.append(
+                FilterOption(
+                    path,
+                    click.Option(
+                        [_flag(name), _dest(path)],
+                        type=click.Choice(spec.values),
+                        help=f"Filter on {display_name(path)}.",
+                    ),
+                )
+            )
         else:
-            options.append(FilterOption(path, click.Option(
-                [_flag(name), _dest(path)], help=f"Filter on {display_name(path)}.")))
+            options.append(
+                FilterOption(
+                    path, click.Option([_flag(name), _dest(path)], help=f"Filter on {display_name(path)}.")
+                )
+            )
     return options
 
 
@@ -244,6 +294,7 @@ def stripe_params(options: Sequence[FilterOption], values: Mapping[str, Any]) ->
 
 
 # ---- commands ---------------------------------------------------------------------------------
+
 
 @contextmanager
 def reading(database_url: str | None) -> Iterator[Connection]:
@@ -270,9 +321,7 @@ def _usage(problem: InvalidRequest) -> click.UsageError:
     return click.UsageError(f"{problem.message}{where}")
 
 
-def _collect_pages(
-    connection: Connection, resource: Resource, raw: dict[str, Any], follow: bool
-) -> Page:
+def _collect_pages(connection: Connection, resource: Resource, raw: dict[str, Any], follow: bool) -> Page:
     payloads: list[str] = []
     while True:
         page = resource.list_page(connection, parse_list_request(raw, resource.filters))
@@ -298,8 +347,13 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
     @json_option
     @database_option
     def list_command(
-        limit: int, starting_after: str | None, ending_before: str | None, follow: bool, as_json: bool,
-        database_url: str | None, **filters: Any
+        limit: int,
+        starting_after: str | None,
+        ending_before: str | None,
+        follow: bool,
+        as_json: bool,
+        database_url: str | None,
+        **filters: Any,
     ) -> None:
         if follow and ending_before:
             raise click.UsageError("--all pages forwards; it cannot be combined with --ending-before")

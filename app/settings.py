@@ -61,9 +61,7 @@ class Settings:
         values: dict[str, object] = {
             "database_url": env.get("DATABASE_URL") or default_database_url(),
             "webhook_secrets": split_secrets(env.get("STRIPE_WEBHOOK_SECRET")),
-            "tolerance_seconds": _positive_int(
-                env, "STRIPE_WEBHOOK_TOLERANCE", DEFAULT_TOLERANCE_SECONDS
-            ),
+            "tolerance_seconds": _positive_int(env, "STRIPE_WEBHOOK_TOLERANCE", DEFAULT_TOLERANCE_SECONDS),
             "max_body_bytes": _positive_int(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             "api_keys": split_secrets(env.get("BILLING_MIRROR_API_KEYS")),
         }

@@ -67,6 +67,7 @@ def stripe_id(prefix: str, rng: random.Random) -> str:
 
 # ---- data -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Mirror:
     customers: list[str]
@@ -138,9 +139,13 @@ def build_items(count: int, rng: random.Random) -> tuple[list[dict[str, Any]], M
         row = item_columns(obj)
         deleted = rng.random() < 0.01
         row.update(
-            id=item_id, deleted=deleted, deleted_by_event_id="evt_bench_del" if deleted else None,
+            id=item_id,
+            deleted=deleted,
+            deleted_by_event_id="evt_bench_del" if deleted else None,
             deleted_by_event_created=date + 60 if deleted else None,
-            last_event_id=f"evt_bench_{n}", last_event_created=date + 1, version_precedence=0,
+            last_event_id=f"evt_bench_{n}",
+            last_event_created=date + 1,
+            version_precedence=0,
             version_tiebreak=0,
         )
         rows.append(row)
@@ -176,8 +181,13 @@ def build_payments(count: int, mirror: Mirror, rng: random.Random) -> list[dict[
             },
         }
         row = payment_columns(obj)
-        row.update(id=payment_id, last_event_id=f"evt_bench_p{n}", last_event_created=created + 61,
-                   version_precedence=1 if status != "open" else 0, version_tiebreak=0)
+        row.update(
+            id=payment_id,
+            last_event_id=f"evt_bench_p{n}",
+            last_event_created=created + 61,
+            version_precedence=1 if status != "open" else 0,
+            version_tiebreak=0,
+        )
         rows.append(row)
         mirror.payment_ids.append(payment_id)
         mirror.payment_invoices.append(invoice)
@@ -188,6 +198,7 @@ def build_payments(count: int, mirror: Mirror, rng: random.Random) -> list[dict[
 
 # ---- loading ----------------------------------------------------------------------------------
 
+
 def _db_value(value: Any) -> Any:
     return to_json_text(value) if isinstance(value, dict | list) else value
 
@@ -195,7 +206,7 @@ def _db_value(value: Any) -> Any:
 def load_sqlite(path: Path, table: str, rows: Sequence[dict[str, Any]]) -> None:
     columns = list(rows[0])
     quoted = ", ".join(f'"{name}"' for name in columns)
-    sql = f'INSERT INTO {table} ({quoted}) VALUES ({", ".join("?" * len(columns))})'
+    sql = f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' * len(columns))})"
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA synchronous=OFF")  # bulk load only; the service itself uses FULL
     connection.execute("PRAGMA cache_size=-400000")  # 400 MB, so index inserts stay in memory
@@ -237,6 +248,7 @@ def temporary_postgres() -> Iterator[str]:
 
 # ---- measuring --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -268,31 +280,56 @@ def scenarios(mirror: Mirror) -> list[Scenario]:
     return [
         Scenario("items: no filter, first page", items, lambda rng: "limit=100"),
         Scenario("items: starting_after (deep page)", items, lambda rng: f"limit=100&{after_item(rng)}"),
-        Scenario("items: ending_before (deep page)", items,
-                 lambda rng: f"limit=100&ending_before={any_item(rng)}"),
+        Scenario(
+            "items: ending_before (deep page)", items, lambda rng: f"limit=100&ending_before={any_item(rng)}"
+        ),
         Scenario("items: customer", items, lambda rng: f"limit=100&customer={rng.choice(mirror.customers)}"),
-        Scenario("items: customer + pending=true", items,
-                 lambda rng: f"limit=100&pending=true&customer={rng.choice(mirror.customers)}"),
+        Scenario(
+            "items: customer + pending=true",
+            items,
+            lambda rng: f"limit=100&pending=true&customer={rng.choice(mirror.customers)}",
+        ),
         Scenario("items: customer + created range", items, lambda rng: "limit=100&" + customer_range(rng)),
         Scenario("items: pending=true", items, lambda rng: f"limit=100&pending=true&{after_item(rng)}"),
         Scenario("items: pending=false", items, lambda rng: f"limit=100&pending=false&{after_item(rng)}"),
         Scenario("items: invoice", items, lambda rng: f"limit=100&invoice={rng.choice(mirror.invoices)}"),
-        Scenario("items: created one week", items,
-                 lambda rng: "limit=100&created[gte]={}&created[lt]={}".format(*week(rng))),
-        Scenario("payments: no filter, starting_after", payments,
-                 lambda rng: f"limit=100&{after_payment(rng)}"),
-        Scenario("payments: status=paid, starting_after", payments,
-                 lambda rng: f"limit=100&status=paid&{after_payment(rng)}"),
+        Scenario(
+            "items: created one week",
+            items,
+            lambda rng: "limit=100&created[gte]={}&created[lt]={}".format(*week(rng)),
+        ),
+        Scenario(
+            "payments: no filter, starting_after", payments, lambda rng: f"limit=100&{after_payment(rng)}"
+        ),
+        Scenario(
+            "payments: status=paid, starting_after",
+            payments,
+            lambda rng: f"limit=100&status=paid&{after_payment(rng)}",
+        ),
         Scenario("payments: status=canceled", payments, lambda rng: "limit=100&status=canceled"),
-        Scenario("payments: invoice", payments,
-                 lambda rng: f"limit=100&invoice={rng.choice(mirror.payment_invoices)}"),
-        Scenario("payments: payment[type]=payment_intent", payments,
-                 lambda rng: f"limit=100&payment[type]=payment_intent&{after_payment(rng)}"),
-        Scenario("payments: payment[payment_intent]", payments,
-                 lambda rng: "limit=100&payment[type]=payment_intent&payment[payment_intent]="
-                 + rng.choice(mirror.payment_intents)),
-        Scenario("payments: created one week", payments,
-                 lambda rng: "limit=100&created[gte]={}&created[lt]={}".format(*week(rng))),
+        Scenario(
+            "payments: invoice",
+            payments,
+            lambda rng: f"limit=100&invoice={rng.choice(mirror.payment_invoices)}",
+        ),
+        Scenario(
+            "payments: payment[type]=payment_intent",
+            payments,
+            lambda rng: f"limit=100&payment[type]=payment_intent&{after_payment(rng)}",
+        ),
+        Scenario(
+            "payments: payment[payment_intent]",
+            payments,
+            lambda rng: (
+                "limit=100&payment[type]=payment_intent&payment[payment_intent]="
+                + rng.choice(mirror.payment_intents)
+            ),
+        ),
+        Scenario(
+            "payments: created one week",
+            payments,
+            lambda rng: "limit=100&created[gte]={}&created[lt]={}".format(*week(rng)),
+        ),
     ]
 
 
@@ -382,20 +419,25 @@ def measure(url: str, mirror: Mirror, requests: int, seed: int) -> None:
         for scenario in scenarios(mirror):
             # Fresh random draws for each pass, so no pass reads pages another pass just cached.
             time_endpoint(client, scenario.resource.url, [scenario.query(rng) for _ in range(10)])
-            samples, rows = time_endpoint(client, scenario.resource.url,
-                                          [scenario.query(rng) for _ in range(requests)])
+            samples, rows = time_endpoint(
+                client, scenario.resource.url, [scenario.query(rng) for _ in range(requests)]
+            )
             p50, p99 = percentiles(samples)
             direct = time_query(engine, scenario.resource, [scenario.query(rng) for _ in range(requests)])
             q50, q99 = percentiles(direct)
             plan = page_plan(engine, scenario.resource, [scenario.query(rng) for _ in range(20)])
-            print(f"  {scenario.name:42} {p50:7.2f} {p99:7.2f} {p99 / base99:5.1f}x  {q50:7.2f} {q99:7.2f}"
-                  f"   {rows / requests:5.1f}  {plan}")
+            print(
+                f"  {scenario.name:42} {p50:7.2f} {p99:7.2f} {p99 / base99:5.1f}x  {q50:7.2f} {q99:7.2f}"
+                f"   {rows / requests:5.1f}  {plan}"
+            )
             sys.stdout.flush()
     engine.dispose()
 
 
-HEADER = (f"  {'scenario (100-row pages)':42} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6}  "
-          f"{'query p50':>7} {'p99':>7}   rows/page  plan of the page query")
+HEADER = (
+    f"  {'scenario (100-row pages)':42} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6}  "
+    f"{'query p50':>7} {'p99':>7}   rows/page  plan of the page query"
+)
 
 
 def load_note() -> str:
@@ -404,8 +446,14 @@ def load_note() -> str:
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
 
 
-def run_backend(name: str, url: str, item_rows: list[dict[str, Any]], payment_rows: list[dict[str, Any]],
-                mirror: Mirror, args: argparse.Namespace) -> None:
+def run_backend(
+    name: str,
+    url: str,
+    item_rows: list[dict[str, Any]],
+    payment_rows: list[dict[str, Any]],
+    mirror: Mirror,
+    args: argparse.Namespace,
+) -> None:
     upgrade(url)
     began = time.perf_counter()
     if name == "sqlite":
@@ -415,8 +463,10 @@ def run_backend(name: str, url: str, item_rows: list[dict[str, Any]], payment_ro
     else:
         load_postgres(url, table_of(InvoiceItem).name, item_rows)
         load_postgres(url, table_of(InvoicePayment).name, payment_rows)
-    print(f"\n{name}: loaded {len(item_rows):,} items and {len(payment_rows):,} payments "
-          f"in {time.perf_counter() - began:.0f} s; {args.requests} requests per scenario")
+    print(
+        f"\n{name}: loaded {len(item_rows):,} items and {len(payment_rows):,} payments "
+        f"in {time.perf_counter() - began:.0f} s; {args.requests} requests per scenario"
+    )
     print(f"  before: {load_note()}")
     print(HEADER)
     measure(url, mirror, args.requests, args.seed)
@@ -438,9 +488,11 @@ def main() -> None:
     item_rows, mirror = build_items(args.items, rng)
     payments = args.payments if args.payments is not None else args.items // 10
     payment_rows = build_payments(payments, mirror, rng)
-    print(f"built {len(item_rows):,} items ({len(mirror.customers):,} customers, {len(mirror.invoices):,} "
-          f"invoices) and {len(payment_rows):,} payments in {time.perf_counter() - began:.0f} s; "
-          f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}")
+    print(
+        f"built {len(item_rows):,} items ({len(mirror.customers):,} customers, {len(mirror.invoices):,} "
+        f"invoices) and {len(payment_rows):,} payments in {time.perf_counter() - began:.0f} s; "
+        f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}"
+    )
     for backend in args.backends.split(","):
         if backend == "sqlite":
             with tempfile.TemporaryDirectory(prefix="bm_bench_") as folder:

@@ -47,7 +47,9 @@ SECRET = "whsec_benchmark_secret"
 TOLERANCE_SECONDS = 300
 # Identical for every server of the run: one event loop implementation, one HTTP parser, no access log.
 UVICORN_OPTIONS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
-PG_ADMIN_URL = os.environ.get("BILLING_MIRROR_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "BILLING_MIRROR_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 @dataclass
@@ -78,11 +80,23 @@ def get_json(port: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def uvicorn_server(target: str, workers: int = 1, env: dict[str, str] | None = None,
-                   factory: bool = False) -> Iterator[int]:
+def uvicorn_server(
+    target: str, workers: int = 1, env: dict[str, str] | None = None, factory: bool = False
+) -> Iterator[int]:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port),
-               "--workers", str(workers), *UVICORN_OPTIONS]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *UVICORN_OPTIONS,
+    ]
     if factory:
         command.append("--factory")
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
@@ -154,8 +168,15 @@ def measure_bare(warmup: list[Delivery], measured: list[Delivery], concurrency: 
     return Measurement("bare Starlette endpoint", result, warm)
 
 
-def measure_mirror(name: str, url: str, warmup: list[Delivery], measured: list[Delivery],
-                   concurrency: int, workers: int, factory: str) -> Measurement:
+def measure_mirror(
+    name: str,
+    url: str,
+    warmup: list[Delivery],
+    measured: list[Delivery],
+    concurrency: int,
+    workers: int,
+    factory: str,
+) -> Measurement:
     upgrade(url)
     env = {"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": SECRET}
     with uvicorn_server(factory, workers=workers, env=env, factory=True) as port:
@@ -168,11 +189,15 @@ def measure_mirror(name: str, url: str, warmup: list[Delivery], measured: list[D
 
 def report(measurements: list[Measurement], concurrency: int) -> bool:
     baseline = measurements[0].result.rate
-    print(f"\n{len(measurements[0].result.latencies)} requests per server after a warm-up, "
-          f"{concurrency} keep-alive connections, load generator on the same machine "
-          f"({os.cpu_count()} cores)\n")
-    print(f"{'server':<40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} {'non-2xx':>8} "
-          f"{'errors':>7} {'ev/commit':>9}")
+    print(
+        f"\n{len(measurements[0].result.latencies)} requests per server after a warm-up, "
+        f"{concurrency} keep-alive connections, load generator on the same machine "
+        f"({os.cpu_count()} cores)\n"
+    )
+    print(
+        f"{'server':<40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} {'non-2xx':>8} "
+        f"{'errors':>7} {'ev/commit':>9}"
+    )
     durable = True
     for m in measurements:
         r = m.result
@@ -180,16 +205,20 @@ def report(measurements: list[Measurement], concurrency: int) -> bool:
         if m.writer and m.writer.get("commits"):
             per_commit = f"{m.writer['events'] / m.writer['commits']:.1f}"
         p50, p99 = r.percentile(0.50) * 1000, r.percentile(0.99) * 1000
-        print(f"{m.name:<40} {r.rate:>9.0f} {p50:>8.2f} {p99:>8.2f} "
-              f"{r.rate / baseline:>6.1%} {r.not_ok:>8} {r.errors:>7} {per_commit:>9}")
+        print(
+            f"{m.name:<40} {r.rate:>9.0f} {p50:>8.2f} {p99:>8.2f} "
+            f"{r.rate / baseline:>6.1%} {r.not_ok:>8} {r.errors:>7} {per_commit:>9}"
+        )
     print()
     for m in measurements[1:]:
         answered = m.result.ok + m.warmup.ok
         verdict = "OK" if m.stored == answered else "MISMATCH"
         durable &= m.stored == answered
         extra = f"; writer {m.writer}" if m.writer else ""
-        print(f"durability {m.name}: {answered} answered 2xx, {m.stored} rows in stripe_events: "
-              f"{verdict}{extra}")
+        print(
+            f"durability {m.name}: {answered} answered 2xx, {m.stored} rows in stripe_events: "
+            f"{verdict}{extra}"
+        )
     if any(m.result.not_ok or m.warmup.not_ok for m in measurements):
         for m in measurements:
             print(f"status codes {m.name}: {dict(m.result.statuses)} warm-up {dict(m.warmup.statuses)}")
@@ -204,11 +233,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500, help="warm-up requests per server")
     parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections")
     parser.add_argument("--workers", type=int, default=1, help="server processes for the PostgreSQL run")
-    parser.add_argument("--rounds", type=int, default=3, help="bare/mirror rounds; the median ratio is reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="bare/mirror rounds; the median ratio is reported"
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
-    parser.add_argument("--app", default="app.main:create_app",
-                        help="billing-mirror's application factory, to compare a variant (importable module)")
+    parser.add_argument(
+        "--app",
+        default="app.main:create_app",
+        help="billing-mirror's application factory, to compare a variant (importable module)",
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -240,20 +274,38 @@ def run_round(factory: DeliveryFactory, args: argparse.Namespace) -> list[Measur
     phases = 1 + (not args.skip_sqlite) + (not args.skip_postgres)
     # Every server gets its own distinct deliveries (so no server sees duplicates), of the same mix.
     sets = [(factory.deliveries(args.warmup), factory.deliveries(args.requests)) for _ in range(phases)]
-    print(f"generated {phases} x {args.warmup + args.requests} distinct deliveries "
-          f"(average body {sum(len(d.body) for d in sets[0][1]) / max(1, args.requests):.0f} bytes)")
+    print(
+        f"generated {phases} x {args.warmup + args.requests} distinct deliveries "
+        f"(average body {sum(len(d.body) for d in sets[0][1]) / max(1, args.requests):.0f} bytes)"
+    )
     measurements = [measure_bare(*sets.pop(0), args.concurrency)]
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory(prefix="bm-bench-") as folder:
             url = f"sqlite:///{Path(folder) / 'mirror.db'}"
-            measurements.append(measure_mirror("billing-mirror, SQLite (1 worker)", url, *sets.pop(0),
-                                               args.concurrency, workers=1, factory=args.app))
+            measurements.append(
+                measure_mirror(
+                    "billing-mirror, SQLite (1 worker)",
+                    url,
+                    *sets.pop(0),
+                    args.concurrency,
+                    workers=1,
+                    factory=args.app,
+                )
+            )
     if not args.skip_postgres:
         with temporary_postgres() as url:
-            measurements.append(measure_mirror(f"billing-mirror, PostgreSQL ({args.workers} worker(s))", url,
-                                               *sets.pop(0), args.concurrency, workers=args.workers,
-                                               factory=args.app))
+            measurements.append(
+                measure_mirror(
+                    f"billing-mirror, PostgreSQL ({args.workers} worker(s))",
+                    url,
+                    *sets.pop(0),
+                    args.concurrency,
+                    workers=args.workers,
+                    factory=args.app,
+                )
+            )
     return measurements
+
 
 if __name__ == "__main__":
     main()

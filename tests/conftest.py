@@ -107,8 +107,17 @@ class LiveServer:
         env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": SECRET}
         env.update(extra_env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--no-migrate", "--port", str(self.port),
-             "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--no-migrate",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
             env=env,
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,

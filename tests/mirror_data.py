@@ -58,8 +58,15 @@ def item(
     description: str = "Setup fee",
 ) -> dict[str, Any]:
     obj = copy.deepcopy(ITEM_TEMPLATE)
-    obj.update(id=item_id, date=date, customer=customer, invoice=invoice, amount=amount,
-               description=description, period={"start": date, "end": date})
+    obj.update(
+        id=item_id,
+        date=date,
+        customer=customer,
+        invoice=invoice,
+        amount=amount,
+        description=description,
+        period={"start": date, "end": date},
+    )
     return obj
 
 

@@ -18,15 +18,22 @@ T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 
 @pytest.fixture
 def mirror(engine: Engine) -> None:
-    ingest(engine, [
-        payment_event(payment("inpay_01", T0 + 10, invoice="in_A", ref="pi_1", amount=2000)),
-        payment_event(payment("inpay_02", T0 + 20, invoice="in_A", status="open", ref="pi_2", amount=1999)),
-        payment_event(payment("inpay_03", T0 + 30, invoice="in_B", kind="charge", ref="ch_3", amount=500)),
-        item_created(item("ii_01", T0 + 10, customer="cus_A", invoice="in_A", description="Seats")),
-        item_created(item("ii_02", T0 + 20, customer="cus_A", amount=4250, description="Setup fee")),
-        item_created(item("ii_03", T0 + 30, customer="cus_B")),
-        item_created(item("ii_04", T0 + 40, customer="cus_A")),
-    ])
+    ingest(
+        engine,
+        [
+            payment_event(payment("inpay_01", T0 + 10, invoice="in_A", ref="pi_1", amount=2000)),
+            payment_event(
+                payment("inpay_02", T0 + 20, invoice="in_A", status="open", ref="pi_2", amount=1999)
+            ),
+            payment_event(
+                payment("inpay_03", T0 + 30, invoice="in_B", kind="charge", ref="ch_3", amount=500)
+            ),
+            item_created(item("ii_01", T0 + 10, customer="cus_A", invoice="in_A", description="Seats")),
+            item_created(item("ii_02", T0 + 20, customer="cus_A", amount=4250, description="Setup fee")),
+            item_created(item("ii_03", T0 + 30, customer="cus_B")),
+            item_created(item("ii_04", T0 + 40, customer="cus_A")),
+        ],
+    )
     ingest(engine, [item_deleted("ii_04", T0 + 50)])
 
 

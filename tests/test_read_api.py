@@ -55,6 +55,7 @@ def error_of(response: Any, status: int) -> dict[str, Any]:
 
 # ---- payments ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def payments(engine: Engine) -> list[dict[str, Any]]:
     objs = [
@@ -127,6 +128,7 @@ def test_retrieve_takes_no_filters(api: TestClient, payments: list[dict[str, Any
 
 # ---- pagination -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tied_payments(engine: Engine) -> list[str]:
     """23 payments: 15 created in the same second, the rest around them. Returns ids in list order."""
@@ -198,6 +200,7 @@ def test_unknown_cursor_is_resource_missing(api: TestClient, tied_payments: list
 
 # ---- parameter errors over HTTP ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("query", "param", "code"),
     [
@@ -233,6 +236,7 @@ def test_unknown_url_answers_like_stripe(api: TestClient) -> None:
 
 
 # ---- authentication ---------------------------------------------------------------------------
+
 
 def test_missing_key(api: TestClient) -> None:
     response = api.get("/v1/invoice_payments", headers={"Authorization": ""})
@@ -273,6 +277,7 @@ def test_api_closed_without_configured_key(make_settings: Callable[..., Settings
 
 
 # ---- invoice items ----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def items(engine: Engine) -> list[dict[str, Any]]:

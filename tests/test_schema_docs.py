@@ -44,18 +44,21 @@ def test_every_column_and_index_is_documented(engine: Engine, table: str) -> Non
 
 def test_example_queries_run_as_written(engine: Engine) -> None:
     assert len(EXAMPLES) == 3
-    ingest(engine, [
-        payment_event(payment("inpay_dec", JAN_2026 - 3600)),  # paid_at = created + 5
-        payment_event(payment("inpay_jan1", JAN_2026 + 100, amount=1000)),
-        payment_event(payment("inpay_jan2", JAN_2026 + 86_400 * 3, amount=2500)),
-        payment_event(payment("inpay_open", JAN_2026 + 200, status="open")),
-        payment_event(payment("inpay_feb", FEB_2026 + 10)),
-        item_created(item("ii_old", JAN_2026, customer="cus_QXg1o8vcGmoR32")),
-        item_created(item("ii_new", JAN_2026 + 50, customer="cus_QXg1o8vcGmoR32")),
-        item_created(item("ii_billed", JAN_2026 + 60, customer="cus_QXg1o8vcGmoR32", invoice="in_1")),
-        item_created(item("ii_gone", JAN_2026 + 70, customer="cus_QXg1o8vcGmoR32")),
-        item_created(item("ii_other", JAN_2026 + 80, customer="cus_other")),
-    ])
+    ingest(
+        engine,
+        [
+            payment_event(payment("inpay_dec", JAN_2026 - 3600)),  # paid_at = created + 5
+            payment_event(payment("inpay_jan1", JAN_2026 + 100, amount=1000)),
+            payment_event(payment("inpay_jan2", JAN_2026 + 86_400 * 3, amount=2500)),
+            payment_event(payment("inpay_open", JAN_2026 + 200, status="open")),
+            payment_event(payment("inpay_feb", FEB_2026 + 10)),
+            item_created(item("ii_old", JAN_2026, customer="cus_QXg1o8vcGmoR32")),
+            item_created(item("ii_new", JAN_2026 + 50, customer="cus_QXg1o8vcGmoR32")),
+            item_created(item("ii_billed", JAN_2026 + 60, customer="cus_QXg1o8vcGmoR32", invoice="in_1")),
+            item_created(item("ii_gone", JAN_2026 + 70, customer="cus_QXg1o8vcGmoR32")),
+            item_created(item("ii_other", JAN_2026 + 80, customer="cus_other")),
+        ],
+    )
     ingest(engine, [item_deleted("ii_gone", JAN_2026 + 90)])
     with engine.connect() as connection:
         paid_in_january = connection.execute(text(EXAMPLES[0])).all()
@@ -64,5 +67,7 @@ def test_example_queries_run_as_written(engine: Engine) -> None:
     assert [row.id for row in paid_in_january] == ["inpay_jan1", "inpay_jan2"]
     assert [row.id for row in pending] == ["ii_new", "ii_old"]
     assert [(row.currency, row.paid, row.payments) for row in per_day] == [
-        ("usd", 1000, 1), ("usd", 2500, 1), ("usd", 2000, 1)
+        ("usd", 1000, 1),
+        ("usd", 2500, 1),
+        ("usd", 2000, 1),
     ]

@@ -33,8 +33,10 @@ def server(live_server: Callable[..., LiveServer]) -> LiveServer:
     server = live_server(BILLING_MIRROR_API_KEYS=f"bm_unused_key,{API_KEY}")
     payments = [payment(f"inpay_tie_{n:02d}", T0 + 100, invoice=f"in_{n % 3}") for n in range(12)]
     payments += [payment(f"inpay_{n:02d}", T0 + n, status="open", ref=f"pi_open_{n}") for n in range(5)]
-    items = [item(f"ii_{n:02d}", T0 + 10 * (n // 2), customer=f"cus_{n % 2}",
-                  invoice=None if n % 3 else "in_0") for n in range(14)]
+    items = [
+        item(f"ii_{n:02d}", T0 + 10 * (n // 2), customer=f"cus_{n % 2}", invoice=None if n % 3 else "in_0")
+        for n in range(14)
+    ]
     deliver(server, [payment_event(obj) for obj in payments] + [item_created(obj) for obj in items])
     deliver(server, [item_deleted("ii_04", T0 + 500)])
     return server
@@ -63,8 +65,12 @@ def test_list_filter_page_and_retrieve_payments(client: stripe.StripeClient) -> 
     assert everything == [f"inpay_tie_{n:02d}" for n in reversed(range(12))]  # tie broken by id, desc
 
     on_invoice = client.v1.invoice_payments.list(params={"invoice": "in_1", "limit": 2})
-    assert [obj.id for obj in on_invoice.auto_paging_iter()] == ["inpay_tie_10", "inpay_tie_07",
-                                                                  "inpay_tie_04", "inpay_tie_01"]
+    assert [obj.id for obj in on_invoice.auto_paging_iter()] == [
+        "inpay_tie_10",
+        "inpay_tie_07",
+        "inpay_tie_04",
+        "inpay_tie_01",
+    ]
     by_intent = client.v1.invoice_payments.list(
         params={"payment": {"type": "payment_intent", "payment_intent": "pi_open_3"}}
     )

@@ -8,7 +8,6 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-
 from sqlalchemy.orm import Session
 
 

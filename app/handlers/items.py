@@ -59,9 +59,7 @@ def _item_id(obj: StripeObject) -> str:
 
 def handle_invoiceitem_created(session: Session, obj: StripeObject, source: Source) -> Outcome:
     version = Version(0, source.created, 0, source.event_id)
-    return outcome_of(
-        guarded_upsert(session, InvoiceItem, {"id": _item_id(obj)}, item_columns(obj), version)
-    )
+    return outcome_of(guarded_upsert(session, InvoiceItem, {"id": _item_id(obj)}, item_columns(obj), version))
 
 
 def handle_invoiceitem_deleted(session: Session, obj: StripeObject, source: Source) -> Outcome:

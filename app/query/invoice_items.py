@@ -60,9 +60,7 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
 
 
 def retrieve(connection: Connection, item_id: str) -> str | None:
-    row = connection.execute(
-        select(TABLE.c.payload, TABLE.c.deleted).where(TABLE.c.id == item_id)
-    ).first()
+    row = connection.execute(select(TABLE.c.payload, TABLE.c.deleted).where(TABLE.c.id == item_id)).first()
     if row is None:
         return None
     if row.deleted:

@@ -42,8 +42,9 @@ def parse_query_string(query: str) -> dict[str, RawValue]:
 
 def _conflict(path: Sequence[str]) -> InvalidRequest:
     name = display_name(path)
-    return InvalidRequest(f"Parameter {name} was given more than once, or both as a value and an object.",
-                          param=name)
+    return InvalidRequest(
+        f"Parameter {name} was given more than once, or both as a value and an object.", param=name
+    )
 
 
 def display_name(path: Sequence[str]) -> str:
@@ -85,9 +86,7 @@ class Integer:
     def parse(self, name: str, raw: Any) -> int:
         text = _require_text(name, raw, "an integer").strip()
         if not _INTEGER.match(text):
-            raise InvalidRequest(
-                f"Invalid integer: {text}", param=name, code="parameter_invalid_integer"
-            )
+            raise InvalidRequest(f"Invalid integer: {text}", param=name, code="parameter_invalid_integer")
         value = int(text)
         too_small = self.minimum is not None and value < self.minimum
         too_large = self.maximum is not None and value > self.maximum
