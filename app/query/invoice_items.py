@@ -8,14 +8,13 @@ sends no event when a pending item is pulled onto an invoice.
 
 from __future__ import annotations
 
-import json
-
-from sqlalchemy import ColumnElement, Connection, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, false, or_
 
 from app.models import InvoiceItem, InvoiceItemInvoice
 from app.query.pagination import Listing, Page, fetch_page, time_conditions
 from app.query.params import Boolean, ListRequest, ParamSpec, Text, Timestamp
 from app.query.resource import Resource
+from app.query.tombstones import retrieve_or_tombstone
 from app.upsert import table_of
 
 TABLE = table_of(InvoiceItem)
@@ -28,10 +27,6 @@ FILTERS: dict[str, ParamSpec] = {
     "created": Timestamp(),
 }
 LISTING = Listing("invoiceitem", TABLE.c.id, TABLE.c.date, TABLE.c.payload)
-
-
-def deleted_object(item_id: str) -> str:
-    return json.dumps({"id": item_id, "object": "invoiceitem", "deleted": True}, separators=(",", ":"))
 
 
 def _linked(invoice: str | None = None) -> ColumnElement[bool]:
@@ -60,12 +55,7 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
 
 
 def retrieve(connection: Connection, item_id: str) -> str | None:
-    row = connection.execute(select(TABLE.c.payload, TABLE.c.deleted).where(TABLE.c.id == item_id)).first()
-    if row is None:
-        return None
-    if row.deleted:
-        return deleted_object(item_id)
-    return row.payload  # type: ignore[no-any-return]
+    return retrieve_or_tombstone(connection, TABLE, "invoiceitem", item_id)
 
 
 RESOURCE = Resource(

@@ -5,14 +5,13 @@ Deleted invoices are left out of lists and retrieve as Stripe's deleted object.
 
 from __future__ import annotations
 
-import json
-
-from sqlalchemy import ColumnElement, Connection, false, select
+from sqlalchemy import ColumnElement, Connection, false
 
 from app.models import Invoice
 from app.query.pagination import Listing, Page, fetch_page, time_conditions
 from app.query.params import Choice, ListRequest, ParamSpec, Text, Timestamp
 from app.query.resource import Resource
+from app.query.tombstones import retrieve_or_tombstone
 from app.upsert import table_of
 
 TABLE = table_of(Invoice)
@@ -25,10 +24,6 @@ FILTERS: dict[str, ParamSpec] = {
     "created": Timestamp(),
 }
 LISTING = Listing("invoice", TABLE.c.id, TABLE.c.created, TABLE.c.payload)
-
-
-def deleted_object(invoice_id: str) -> str:
-    return json.dumps({"id": invoice_id, "object": "invoice", "deleted": True}, separators=(",", ":"))
 
 
 def list_page(connection: Connection, request: ListRequest) -> Page:
@@ -44,12 +39,7 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
 
 
 def retrieve(connection: Connection, invoice_id: str) -> str | None:
-    row = connection.execute(select(TABLE.c.payload, TABLE.c.deleted).where(TABLE.c.id == invoice_id)).first()
-    if row is None:
-        return None
-    if row.deleted:
-        return deleted_object(invoice_id)
-    return row.payload  # type: ignore[no-any-return]
+    return retrieve_or_tombstone(connection, TABLE, "invoice", invoice_id)
 
 
 RESOURCE = Resource(

@@ -1,0 +1,23 @@
+"""Retrieve for resources with a tombstone: Stripe answers a deleted object as {id, object, deleted}."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Connection, Table, select
+
+
+def deleted_object(object_name: str, object_id: str) -> str:
+    return json.dumps({"id": object_id, "object": object_name, "deleted": True}, separators=(",", ":"))
+
+
+def retrieve_or_tombstone(
+    connection: Connection, table: Table, object_name: str, object_id: str
+) -> str | None:
+    """The stored payload, Stripe's deleted object for a tombstone, or None when never seen."""
+    row = connection.execute(select(table.c.payload, table.c.deleted).where(table.c.id == object_id)).first()
+    if row is None:
+        return None
+    if row.deleted:
+        return deleted_object(object_name, object_id)
+    return row.payload  # type: ignore[no-any-return]
