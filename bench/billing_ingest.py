@@ -2,7 +2,7 @@
 DELETE) costs against the baseline of an invoice_payment.paid event (one guarded upsert), measured in
 the same run through EventStore on SQLite and, when reachable, PostgreSQL.
 
-    python bench/billing_ingest.py [--events 2000] [--batch 1 --batch 64]
+    python -m bench.billing_ingest [--events 2000] [--batch 1 --batch 64]
 
 Prints events per second and the ratio invoice/payment for each database and batch size.
 """

@@ -1,7 +1,7 @@
 """Read API latency on a large mirror: p50/p99 of 100-row list pages, SQLite and PostgreSQL.
 
-    python bench/read_api_latency.py                  # 1,000,000 invoice items, both databases
-    python bench/read_api_latency.py --items 50000    # quick run
+    python -m bench.read_api_latency                  # 1,000,000 invoice items, both databases
+    python -m bench.read_api_latency --items 50000    # quick run
 
 What is timed: server-side work only. Each request is an in-process ASGI call to the real application
 (create_app: routing, API-key check, parameter parsing, the SQL query, the JSON body) through
@@ -31,13 +31,12 @@ import string
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
@@ -53,6 +52,7 @@ from app.query.params import parse_list_request, parse_query_string
 from app.query.resource import Resource
 from app.settings import Settings
 from app.upsert import table_of
+from tests.dbs import temporary_pg_database
 
 API_KEY = "bm_bench_key"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -230,20 +230,6 @@ def load_postgres(url: str, table: str, rows: Sequence[dict[str, Any]]) -> None:
         connection.commit()
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f"VACUUM ANALYZE {table}")  # what autovacuum does after a large load
-
-
-@contextmanager
-def temporary_postgres() -> Iterator[str]:
-    name = f"bm_bench_{random.randrange(16**8):08x}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # ---- measuring --------------------------------------------------------------------------------
@@ -498,7 +484,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bm_bench_") as folder:
                 run_backend("sqlite", f"sqlite:///{folder}/mirror.db", item_rows, payment_rows, mirror, args)
         elif backend == "postgresql":
-            with temporary_postgres() as url:
+            with temporary_pg_database("bm_bench", PG_ADMIN_URL) as url:
                 run_backend("postgresql", normalize_url(url), item_rows, payment_rows, mirror, args)
         else:
             parser.error(f"unknown backend {backend!r}")

@@ -1,6 +1,6 @@
 """Benchmark: `billing-mirror replay --direct` throughput and memory, SQLite and PostgreSQL.
 
-    python bench/replay_direct.py [--events 20000] [--scale 10] [--no-postgres]
+    python -m bench.replay_direct [--events 20000] [--scale 10] [--no-postgres]
 
 Generates N distinct recorded events (a third each: invoiceitem.created, invoice_payment.paid,
 invoice.paid with an embedded payment; built from tests/fixtures) into a JSONL file, and the same
@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,23 +143,13 @@ def fresh_sqlite(folder: Path, name: str) -> str:
 
 @contextmanager
 def temporary_postgres() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
+    """A migrated scratch database, dropped afterwards."""
     from app.migrate import upgrade
+    from tests.dbs import temporary_pg_database
 
-    name = f"bm_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    with temporary_pg_database("bm_bench", PG_ADMIN) as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def postgres_reachable() -> bool:
@@ -216,13 +205,13 @@ def main() -> None:
         print("{:<34} {:>9} {:>10} {:>7} {:>12} {:>9}".format(*header))
 
         baselines: dict[int, float] = {}
-        for count in (small, large):
+        for count in dict.fromkeys((small, large)):  # once each, also when --scale 1
             figures = measure("read", str(files[count]))
             baselines[count] = figures["events"] / figures["seconds"]
             print(row("baseline: read + parse (JSONL)", count, figures, None))
         print(row("read list envelope (pretty)", large, measure("read", str(listing)), baselines[large]))
 
-        for count in (small, large):
+        for count in dict.fromkeys((small, large)):  # once each, also when --scale 1
             url = fresh_sqlite(folder, f"mirror_{count}.db")
             print(
                 row(
@@ -238,7 +227,7 @@ def main() -> None:
         if not postgres_reachable():
             print("PostgreSQL: not reachable, skipped")
             return
-        for count in (small, large):
+        for count in dict.fromkeys((small, large)):  # once each, also when --scale 1
             with temporary_postgres() as url:
                 figures = measure("direct", str(files[count]), url)
             print(row("replay --direct, PostgreSQL", count, figures, baselines[count]))

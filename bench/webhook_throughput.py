@@ -27,19 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.db import normalize_url
 from app.migrate import upgrade
 from bench.deliveries import Delivery, DeliveryFactory, http_request
 from bench.loadgen import LoadResult, drive
+from tests.dbs import temporary_pg_database
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -145,20 +144,6 @@ def count_stored(url: str) -> int:
             return int(connection.execute(text("SELECT count(*) FROM stripe_events")).scalar_one())
     finally:
         engine.dispose()
-
-
-@contextlib.contextmanager
-def temporary_postgres() -> Iterator[str]:
-    name = f"bm_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(normalize_url(PG_ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def measure_bare(warmup: list[Delivery], measured: list[Delivery], concurrency: int) -> Measurement:
@@ -293,7 +278,7 @@ def run_round(factory: DeliveryFactory, args: argparse.Namespace) -> list[Measur
                 )
             )
     if not args.skip_postgres:
-        with temporary_postgres() as url:
+        with temporary_pg_database("bm_bench", PG_ADMIN_URL) as url:
             measurements.append(
                 measure_mirror(
                     f"billing-mirror, PostgreSQL ({args.workers} worker(s))",

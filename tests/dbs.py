@@ -46,14 +46,14 @@ def require_postgres(problem: str | None) -> None:
 
 
 @contextmanager
-def temporary_pg_database(prefix: str = "bm_test") -> Iterator[str]:
-    """CREATE a uniquely named database, yield its URL, DROP it afterwards."""
+def temporary_pg_database(prefix: str = "bm_test", admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
+    """CREATE a uniquely named database, yield its URL, DROP it afterwards (tests and benchmarks)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    admin = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(normalize_url(PG_ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
+        yield make_url(normalize_url(admin_url)).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
