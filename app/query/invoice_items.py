@@ -8,7 +8,7 @@ sends no event when a pending item is pulled onto an invoice.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, false, or_
+from sqlalchemy import ColumnElement, Connection, and_, exists, false, or_, select
 
 from app.models import InvoiceItem, InvoiceItemInvoice
 from app.query.pagination import Listing, Page, fetch_page, time_conditions
@@ -42,8 +42,11 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     if "customer" in filters:
         conditions.append(TABLE.c.customer == filters["customer"])
     if "invoice" in filters:
+        # Two indexable branches (the item's own invoice column, and ids named by that invoice's
+        # lines), so both databases can answer the OR from two index lookups instead of a scan.
+        linked_ids = select(LINKS.c.invoice_item).where(LINKS.c.invoice == filters["invoice"])
         on_it = TABLE.c.invoice == filters["invoice"]
-        conditions.append(or_(on_it, and_(TABLE.c.invoice.is_(None), _linked(filters["invoice"]))))
+        conditions.append(or_(on_it, and_(TABLE.c.id.in_(linked_ids), TABLE.c.invoice.is_(None))))
     if "pending" in filters:
         # "invoice IS NULL" is written exactly as the partial indexes' predicate, so both databases
         # can use them; the link check then only runs on those few rows.
