@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -55,9 +57,19 @@ class CommitCounter:
             self.commits += 1
 
 
+def json_text(value: Any) -> str:
+    """JSON columns are written with orjson (several per mirrored row); the standard encoder takes
+    what orjson refuses (integers past 64 bits, non-string keys) so nothing that wrote before fails."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:
     """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer."""
     url = normalize_url(url)
+    kwargs.setdefault("json_serializer", json_text)
     if is_sqlite(url):
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine, immediate=for_writing)
