@@ -11,6 +11,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
+WAL_CHECKPOINT_PAGES = 8000
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -33,6 +36,10 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         # before we answer 2xx. busy_timeout covers several receiver processes on one file.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
+        # Checkpoint every ~32 MB of WAL instead of ~4 MB: index pages that many commits rewrite are
+        # copied to the database file once per checkpoint, not once per few commits. Durability is
+        # unchanged (each commit still syncs the WAL).
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
