@@ -10,7 +10,6 @@ import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-
 WAL_CHECKPOINT_PAGES = 8000
 
 

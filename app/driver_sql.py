@@ -98,15 +98,13 @@ class PreparedStatement:
                 repeats = isinstance(bind.type, DateTime)
                 self.processors[name] = _remember_last(processor) if repeats else processor
         # Positional (SQLite): (name, processor or None) in parameter order, resolved once.
-        self.plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = (
-            tuple((name, self.processors.get(name)) for name in self.order) if self.order is not None else None
-        )
+        self.plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
+        if self.order is not None:
+            self.plan = tuple((name, self.processors.get(name)) for name in self.order)
 
     def _params(self, values: Mapping[str, Any]) -> Any:
         if self.plan is not None:  # positional (SQLite): one pass in parameter order
-            return [
-                values[name] if processor is None else processor(values[name]) for name, processor in self.plan
-            ]
+            return [values[name] if fn is None else fn(values[name]) for name, fn in self.plan]
         processors = self.processors
         if not processors:
             return values
