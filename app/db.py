@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+WAL_CHECKPOINT_PAGES = 8000
 
 
 def is_sqlite(url: str) -> bool:
@@ -31,6 +35,10 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         # before we answer 2xx. busy_timeout covers several receiver processes on one file.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
+        # Checkpoint every ~32 MB of WAL instead of ~4 MB: index pages that many commits rewrite are
+        # copied to the database file once per checkpoint, not once per few commits. Durability is
+        # unchanged (each commit still syncs the WAL).
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -55,9 +63,19 @@ class CommitCounter:
             self.commits += 1
 
 
+def json_text(value: Any) -> str:
+    """JSON columns are written with orjson (several per mirrored row); the standard encoder takes
+    what orjson refuses (integers past 64 bits, non-string keys) so nothing that wrote before fails."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:
     """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer."""
     url = normalize_url(url)
+    kwargs.setdefault("json_serializer", json_text)
     if is_sqlite(url):
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine, immediate=for_writing)

@@ -11,11 +11,32 @@ database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, DateTime, Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+_PINNED = "app.driver_sql.connection"
+
+
+@contextmanager
+def pinned_connection(session: Session) -> Iterator[Connection]:
+    """Inside one transaction: let ``session_connection`` answer without asking the Session again
+    (its bookkeeping costs more than a row write). Savepoints use the same connection."""
+    session.info[_PINNED] = connection = session.connection()
+    try:
+        yield connection
+    finally:
+        session.info.pop(_PINNED, None)
+
+
+def session_connection(session: Session) -> Connection:
+    """The connection of the session's transaction (the pinned one while ingest holds it)."""
+    pinned = session.info.get(_PINNED)
+    return pinned if pinned is not None else session.connection()
 
 
 def _remember_last(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -69,18 +90,22 @@ class PreparedStatement:
         unexpected = set(compiled.binds) - set(columns)
         if unexpected:
             raise RuntimeError(f"statement has parameters {sorted(unexpected)} that are not values")
-        self.processors: dict[str, Callable[[Any], Any]] = {
-            name: _remember_last(processor)
-            for name, bind in compiled.binds.items()
-            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        }
+        # Only timestamps repeat within a batch (one `received` per batch): others convert directly.
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                repeats = isinstance(bind.type, DateTime)
+                self.processors[name] = _remember_last(processor) if repeats else processor
+        # Positional (SQLite): (name, processor or None) in parameter order, resolved once.
+        self.plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
+        if self.order is not None:
+            self.plan = tuple((name, self.processors.get(name)) for name in self.order)
 
     def _params(self, values: Mapping[str, Any]) -> Any:
+        if self.plan is not None:  # positional (SQLite): one pass in parameter order
+            return [values[name] if fn is None else fn(values[name]) for name, fn in self.plan]
         processors = self.processors
-        if self.order is not None:  # positional (SQLite): one pass in parameter order
-            return [
-                processors[name](values[name]) if name in processors else values[name] for name in self.order
-            ]
         if not processors:
             return values
         return {

@@ -34,20 +34,25 @@ class Event:
     raw: str  # the body exactly as received, decoded as UTF-8
     body: dict[str, Any] = field(repr=False, compare=False)
 
-    @property
-    def data_object(self) -> dict[str, Any] | None:
-        data = self.body.get("data")
-        obj = data.get("object") if isinstance(data, dict) else None
-        return obj if isinstance(obj, dict) else None
+    # Derived once here: the hot path reads them several times per event.
+    data_object: dict[str, Any] | None = field(init=False, repr=False, compare=False)
+    object_id: str | None = field(init=False, compare=False)
 
-    @property
-    def object_id(self) -> str | None:
+    def __post_init__(self) -> None:
+        body = self.body
+        data = body.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(obj, dict):
+            obj = None
         if self.thin:
-            related = self.body.get("related_object")
-            return related.get("id") if isinstance(related, dict) else None
-        obj = self.data_object
-        value = obj.get("id") if obj else None
-        return value if isinstance(value, str) else None
+            related = body.get("related_object")
+            object_id = related.get("id") if isinstance(related, dict) else None
+        else:
+            object_id = obj.get("id") if obj else None
+            if not isinstance(object_id, str):
+                object_id = None
+        object.__setattr__(self, "data_object", obj)
+        object.__setattr__(self, "object_id", object_id)
 
 
 def _rfc3339_to_unix(value: str) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.dispatch import apply_event
-from app.driver_sql import PreparedStatement, fetch_all
+from app.driver_sql import PreparedStatement, fetch_all, pinned_connection, session_connection
 from app.envelope import Event
 from app.handlers.base import Outcome
 from app.models import StripeEvent
@@ -194,7 +194,7 @@ def store_and_apply_batch(
     one of these events after step 1), _RedoCarefully propagates and the caller rolls the whole
     transaction back: nothing of this attempt is kept.
     """
-    connection = session.connection()
+    connection = session_connection(session)
     store, record = _event_statements(connection.dialect)
     first_seen: dict[str, int] = {}
     for index in order:
@@ -261,12 +261,12 @@ class EventStore:
         else:
             order = sorted(range(len(events)), key=lambda i: (events[i].object_id or "", events[i].id))
         try:
-            with Session(self.engine) as session, session.begin():
+            with Session(self.engine) as session, session.begin(), pinned_connection(session):
                 return store_and_apply_batch(session, events, order, self.apply)
         except _RedoCarefully:
             pass
         results: list[IngestResult | None] = [None] * len(events)
-        with Session(self.engine) as session, session.begin():
+        with Session(self.engine) as session, session.begin(), pinned_connection(session):
             for index in order:
                 results[index] = store_and_apply(session, events[index], self.apply)
         return [result for result in results if result is not None]

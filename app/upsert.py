@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
-from app.driver_sql import PreparedStatement
+from app.driver_sql import PreparedStatement, session_connection
 
 VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
@@ -83,7 +83,7 @@ def guarded_upsert(
         values["deleted_by_event_created"] = deleted_by[1] if deleted_by else None
     elif deleted_by is not None:
         raise ValueError(f"{table.name} has no tombstone columns")
-    connection = session.connection()
+    connection = session_connection(session)
     prepared = _prepared_upsert(connection.dialect, table, tuple(key), tuple(values), tombstoned)
     # The database's count of rows touched says whether the row was written: when the WHERE of
     # DO UPDATE is false, none is. (No RETURNING: it makes each SQLite upsert three times slower.)
@@ -109,7 +109,7 @@ def guarded_upsert_many(
     shape = tuple(values[0])
     if any(tuple(row) != shape for row in values):
         raise ValueError("guarded_upsert_many needs rows with the same columns")
-    connection = session.connection()
+    connection = session_connection(session)
     prepared = _prepared_upsert(connection.dialect, table, tuple(rows[0][0]), shape, False)
     return prepared.executemany(connection, values)
 
@@ -171,7 +171,7 @@ def delete_superseded(
     remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
     are removed again, so the result does not depend on delivery order.
     """
-    connection = session.connection()
+    connection = session_connection(session)
     child, marker = table_of(child_model), table_of(marker_model)
     prepared = _superseded_statement(
         connection.dialect, child, child_parent_column, marker, marker_parent_column

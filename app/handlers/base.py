@@ -37,6 +37,8 @@ def outcome_of(written: bool) -> Outcome:
 
 def ref_id(value: Any) -> str | None:
     """An expandable field is an id string, or the object itself when expanded."""
+    if type(value) is str:  # the common case first: called for many fields of every row
+        return value
     if isinstance(value, dict):
         inner = value.get("id")
         return inner if isinstance(inner, str) else None
@@ -45,17 +47,22 @@ def ref_id(value: Any) -> str | None:
 
 def dig(obj: Any, *path: str) -> Any:
     for name in path:
-        if not isinstance(obj, dict):
+        if type(obj) is not dict and not isinstance(obj, dict):
             return None
         obj = obj.get(name)
     return obj
+
+
+def field_of(obj: Any, name: str) -> Any:
+    """``dig`` for one level, without the varargs (the column mappings call it for every row)."""
+    return obj.get(name) if isinstance(obj, dict) else None
 
 
 def count_set(mapping: Any) -> int:
     """How many timestamps of a status_transitions object are set; used to break same-second ties."""
     if not isinstance(mapping, dict):
         return 0
-    return sum(1 for value in mapping.values() if value is not None)
+    return len(mapping) - list(mapping.values()).count(None)
 
 
 def to_json_text(obj: Any) -> str:

@@ -7,7 +7,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.handlers.base import Outcome, Source, StripeObject, count_set, dig, outcome_of, ref_id, to_json_text
+from app.handlers.base import (
+    Outcome,
+    Source,
+    StripeObject,
+    count_set,
+    dig,
+    field_of,
+    outcome_of,
+    ref_id,
+    to_json_text,
+)
 from app.handlers.lines import write_lines
 from app.handlers.payments import upsert_invoice_payment
 from app.models import Invoice
@@ -53,46 +63,47 @@ def invoice_version(obj: StripeObject, source: Source) -> Version:
 
 
 def invoice_columns(obj: StripeObject) -> dict[str, Any]:
-    transitions = obj.get("status_transitions")
-    lines = obj.get("lines")
+    get = obj.get
+    transitions = get("status_transitions")
+    lines = get("lines")
     return {
-        "customer": ref_id(obj.get("customer")),
-        "customer_account": obj.get("customer_account"),
-        "customer_email": obj.get("customer_email"),
-        "customer_name": obj.get("customer_name"),
-        "status": obj.get("status"),
+        "customer": ref_id(get("customer")),
+        "customer_account": get("customer_account"),
+        "customer_email": get("customer_email"),
+        "customer_name": get("customer_name"),
+        "status": get("status"),
         "status_transitions": transitions,
-        "finalized_at": dig(transitions, "finalized_at"),
-        "paid_at": dig(transitions, "paid_at"),
-        "marked_uncollectible_at": dig(transitions, "marked_uncollectible_at"),
-        "voided_at": dig(transitions, "voided_at"),
-        "amount_due": obj.get("amount_due"),
-        "amount_paid": obj.get("amount_paid"),
-        "amount_paid_off_stripe": obj.get("amount_paid_off_stripe"),
-        "amount_remaining": obj.get("amount_remaining"),
-        "amount_overpaid": obj.get("amount_overpaid"),
-        "amount_shipping": obj.get("amount_shipping"),
-        "subtotal": obj.get("subtotal"),
-        "subtotal_excluding_tax": obj.get("subtotal_excluding_tax"),
-        "total": obj.get("total"),
-        "total_excluding_tax": obj.get("total_excluding_tax"),
-        "starting_balance": obj.get("starting_balance"),
-        "ending_balance": obj.get("ending_balance"),
-        "currency": obj.get("currency"),
-        "period_start": obj.get("period_start"),
-        "period_end": obj.get("period_end"),
+        "finalized_at": field_of(transitions, "finalized_at"),
+        "paid_at": field_of(transitions, "paid_at"),
+        "marked_uncollectible_at": field_of(transitions, "marked_uncollectible_at"),
+        "voided_at": field_of(transitions, "voided_at"),
+        "amount_due": get("amount_due"),
+        "amount_paid": get("amount_paid"),
+        "amount_paid_off_stripe": get("amount_paid_off_stripe"),
+        "amount_remaining": get("amount_remaining"),
+        "amount_overpaid": get("amount_overpaid"),
+        "amount_shipping": get("amount_shipping"),
+        "subtotal": get("subtotal"),
+        "subtotal_excluding_tax": get("subtotal_excluding_tax"),
+        "total": get("total"),
+        "total_excluding_tax": get("total_excluding_tax"),
+        "starting_balance": get("starting_balance"),
+        "ending_balance": get("ending_balance"),
+        "currency": get("currency"),
+        "period_start": get("period_start"),
+        "period_end": get("period_end"),
         "parent_type": dig(obj, "parent", "type"),
         # Since 2025-03-31.basil the subscription lives under parent, not at the top level.
         "subscription": ref_id(dig(obj, "parent", "subscription_details", "subscription")),
         "quote": dig(obj, "parent", "quote_details", "quote"),
-        "number": obj.get("number"),
-        "billing_reason": obj.get("billing_reason"),
-        "collection_method": obj.get("collection_method"),
-        "due_date": obj.get("due_date"),
-        "livemode": obj.get("livemode"),
-        "metadata": obj.get("metadata"),
-        "created": obj.get("created"),
-        "test_clock": ref_id(obj.get("test_clock")),
+        "number": get("number"),
+        "billing_reason": get("billing_reason"),
+        "collection_method": get("collection_method"),
+        "due_date": get("due_date"),
+        "livemode": get("livemode"),
+        "metadata": get("metadata"),
+        "created": get("created"),
+        "test_clock": ref_id(get("test_clock")),
         "lines_incomplete": bool(lines.get("has_more")) if isinstance(lines, dict) else None,
         "payload": to_json_text(obj),
     }

@@ -14,23 +14,24 @@ STUB_KEYS = frozenset({"id", "object", "deleted"})
 
 
 def item_columns(obj: StripeObject) -> dict[str, Any]:
-    parent = obj.get("parent") or {}
-    pricing = obj.get("pricing") or {}
-    period = obj.get("period") or {}
-    discounts = obj.get("discounts")
+    get = obj.get
+    parent = get("parent") or {}
+    pricing = get("pricing") or {}
+    period = get("period") or {}
+    discounts = get("discounts")
     return {
-        "amount": obj.get("amount"),
-        "currency": obj.get("currency"),
-        "customer": ref_id(obj.get("customer")),
-        "customer_account": obj.get("customer_account"),
-        "date": obj.get("date"),
-        "description": obj.get("description"),
-        "discountable": obj.get("discountable"),
+        "amount": get("amount"),
+        "currency": get("currency"),
+        "customer": ref_id(get("customer")),
+        "customer_account": get("customer_account"),
+        "date": get("date"),
+        "description": get("description"),
+        "discountable": get("discountable"),
         "discounts": [ref_id(d) or d for d in discounts] if isinstance(discounts, list) else discounts,
-        "invoice": ref_id(obj.get("invoice")),
-        "livemode": obj.get("livemode"),
-        "metadata": obj.get("metadata"),
-        "net_amount": obj.get("net_amount"),
+        "invoice": ref_id(get("invoice")),
+        "livemode": get("livemode"),
+        "metadata": get("metadata"),
+        "net_amount": get("net_amount"),
         "parent_type": parent.get("type"),
         "subscription": ref_id(dig(parent, "subscription_details", "subscription")),
         "subscription_item": dig(parent, "subscription_details", "subscription_item"),
@@ -40,12 +41,12 @@ def item_columns(obj: StripeObject) -> dict[str, Any]:
         "price": ref_id(dig(pricing, "price_details", "price")),
         "product": dig(pricing, "price_details", "product"),
         "unit_amount_decimal": pricing.get("unit_amount_decimal"),
-        "proration": obj.get("proration"),
-        "proration_details": obj.get("proration_details"),
-        "quantity": obj.get("quantity"),
-        "quantity_decimal": obj.get("quantity_decimal"),
-        "tax_rates": obj.get("tax_rates"),
-        "test_clock": ref_id(obj.get("test_clock")),
+        "proration": get("proration"),
+        "proration_details": get("proration_details"),
+        "quantity": get("quantity"),
+        "quantity_decimal": get("quantity_decimal"),
+        "tax_rates": get("tax_rates"),
+        "test_clock": ref_id(get("test_clock")),
         "payload": to_json_text(obj),
     }
 

@@ -29,38 +29,39 @@ def line_parent_details(line: StripeObject) -> dict[str, Any]:
 
 
 def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str, Any]:
+    get = line.get
     details = line_parent_details(line)
-    pricing = line.get("pricing") or {}
-    period = line.get("period") or {}
-    discounts = line.get("discounts")
+    pricing = get("pricing") or {}
+    period = get("period") or {}
+    discounts = get("discounts")
     return {
         "invoice": invoice_id,
         "position": position,
-        "amount": line.get("amount"),
-        "currency": line.get("currency"),
-        "description": line.get("description"),
-        "discount_amounts": line.get("discount_amounts"),
-        "discountable": line.get("discountable"),
+        "amount": get("amount"),
+        "currency": get("currency"),
+        "description": get("description"),
+        "discount_amounts": get("discount_amounts"),
+        "discountable": get("discountable"),
         "discounts": [ref_id(d) or d for d in discounts] if isinstance(discounts, list) else discounts,
-        "livemode": line.get("livemode"),
-        "metadata": line.get("metadata"),
+        "livemode": get("livemode"),
+        "metadata": get("metadata"),
         "parent_type": dig(line, "parent", "type"),
         "invoice_item": details.get("invoice_item"),
         "subscription_item": details.get("subscription_item"),
-        "subscription": ref_id(details.get("subscription")) or ref_id(line.get("subscription")),
+        "subscription": ref_id(details.get("subscription")) or ref_id(get("subscription")),
         "proration": details.get("proration"),
         "proration_details": details.get("proration_details"),
         "period_start": period.get("start"),
         "period_end": period.get("end"),
-        "pretax_credit_amounts": line.get("pretax_credit_amounts"),
+        "pretax_credit_amounts": get("pretax_credit_amounts"),
         "pricing_type": pricing.get("type"),
         "price": ref_id(dig(pricing, "price_details", "price")),
         "product": dig(pricing, "price_details", "product"),
         "unit_amount_decimal": pricing.get("unit_amount_decimal"),
-        "quantity": line.get("quantity"),
-        "quantity_decimal": line.get("quantity_decimal"),
-        "subtotal": line.get("subtotal"),
-        "taxes": line.get("taxes"),
+        "quantity": get("quantity"),
+        "quantity_decimal": get("quantity_decimal"),
+        "subtotal": get("subtotal"),
+        "taxes": get("taxes"),
         "payload": to_json_text(line),
     }
 

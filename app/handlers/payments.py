@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.handlers.base import Outcome, Source, StripeObject, count_set, dig, outcome_of, ref_id, to_json_text
+from app.handlers.base import (
+    Outcome,
+    Source,
+    StripeObject,
+    count_set,
+    field_of,
+    outcome_of,
+    ref_id,
+    to_json_text,
+)
 from app.models import InvoicePayment
 from app.upsert import Version, guarded_upsert
 
@@ -25,21 +34,23 @@ def payment_version(obj: StripeObject, source: Source) -> Version:
 
 
 def payment_columns(obj: StripeObject) -> dict[str, object]:
-    payment = obj.get("payment") or {}
+    get = obj.get
+    payment = get("payment") or {}
     payment_type = payment.get("type")
+    transitions = get("status_transitions")
     return {
-        "amount_paid": obj.get("amount_paid"),
-        "amount_requested": obj.get("amount_requested"),
-        "created": obj.get("created"),
-        "currency": obj.get("currency"),
-        "invoice": ref_id(obj.get("invoice")),
-        "is_default": obj.get("is_default"),
-        "livemode": obj.get("livemode"),
+        "amount_paid": get("amount_paid"),
+        "amount_requested": get("amount_requested"),
+        "created": get("created"),
+        "currency": get("currency"),
+        "invoice": ref_id(get("invoice")),
+        "is_default": get("is_default"),
+        "livemode": get("livemode"),
         "payment_type": payment_type,
         "payment_id": ref_id(payment.get(payment_type)) if isinstance(payment_type, str) else None,
-        "status": obj.get("status"),
-        "paid_at": dig(obj, "status_transitions", "paid_at"),
-        "canceled_at": dig(obj, "status_transitions", "canceled_at"),
+        "status": get("status"),
+        "paid_at": field_of(transitions, "paid_at"),
+        "canceled_at": field_of(transitions, "canceled_at"),
         "payload": to_json_text(obj),
     }
 
