@@ -42,11 +42,16 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     if "customer" in filters:
         conditions.append(TABLE.c.customer == filters["customer"])
     if "invoice" in filters:
-        # Two indexable branches (the item's own invoice column, and ids named by that invoice's
-        # lines), so both databases can answer the OR from two index lookups instead of a scan.
-        linked_ids = select(LINKS.c.invoice_item).where(LINKS.c.invoice == filters["invoice"])
-        on_it = TABLE.c.invoice == filters["invoice"]
-        conditions.append(or_(on_it, and_(TABLE.c.id.in_(linked_ids), TABLE.c.invoice.is_(None))))
+        # Read the ids this invoice's lines name first, so the OR below is two plain index lookups
+        # (the invoice column and the primary key) on both databases; a subquery inside the OR would
+        # make PostgreSQL scan the table in date order instead.
+        invoice = filters["invoice"]
+        named = select(LINKS.c.invoice_item).where(LINKS.c.invoice == invoice)
+        linked_ids = list(connection.execute(named).scalars())
+        on_it = TABLE.c.invoice == invoice
+        conditions.append(
+            or_(on_it, and_(TABLE.c.id.in_(linked_ids), TABLE.c.invoice.is_(None))) if linked_ids else on_it
+        )
     if "pending" in filters:
         # "invoice IS NULL" is written exactly as the partial indexes' predicate, so both databases
         # can use them; the link check then only runs on those few rows.
