@@ -24,6 +24,7 @@ from app.migrate import upgrade
 from app.settings import Settings
 from tests.dbs import copy_sqlite, postgres_problem, require_postgres, temporary_pg_database
 from tests.events import SECRET
+from tests.mirror_data import API_KEY, BEARER, OTHER_API_KEY
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,3 +160,12 @@ def live_server(db_url: str) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def api(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    """The real application with the read API opened by two keys; requests carry the first."""
+    with TestClient(
+        create_app(make_settings(api_keys=(API_KEY, OTHER_API_KEY))), headers=BEARER
+    ) as test_client:
+        yield test_client

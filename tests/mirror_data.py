@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Engine
+from starlette.testclient import TestClient
 
 from app.envelope import event_from_json
 from app.handlers.base import Outcome
@@ -15,6 +16,29 @@ from tests.events import encode, load_fixture, make_event
 
 API_KEY = "bm_test_key_0123456789abcdef"
 OTHER_API_KEY = "bm_test_second_key_fedcba9876543210"
+
+
+BEARER = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def get(api: TestClient, path: str, **params: Any) -> Any:
+    """GET through the read API, asserting a 200; the decoded JSON body."""
+    response = api.get(path, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(body: dict[str, Any]) -> list[str]:
+    return [obj["id"] for obj in body["data"]]
+
+
+def error_of(response: Any, status: int) -> dict[str, Any]:
+    """Stripe's invalid_request_error object of a response with ``status``."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    return error  # type: ignore[no-any-return]
+
 
 PAYMENT_TEMPLATE: dict[str, Any] = load_fixture("invoice_payment.paid.json")["data"]["object"]
 ITEM_TEMPLATE: dict[str, Any] = load_fixture("invoiceitem.created.json")["data"]["object"]

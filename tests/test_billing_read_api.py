@@ -4,7 +4,6 @@ the real app on both databases, filled by the recorded deliveries and the templa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,8 +12,6 @@ from starlette.testclient import TestClient
 
 from app.backfill import backfill_lines, backfill_templates, read_list, run_in_transaction
 from app.envelope import parse_event
-from app.main import create_app
-from app.settings import Settings
 from tests.billing import (
     EVENT_FIXTURES,
     INVOICE_A,
@@ -27,9 +24,8 @@ from tests.billing import (
     snapshot_of,
 )
 from tests.events import encode, load_fixture, make_event
-from tests.mirror_data import API_KEY
+from tests.mirror_data import API_KEY, error_of, get, ids
 
-BEARER = {"Authorization": f"Bearer {API_KEY}"}
 B, C, D, E = (
     "in_1SyB10B7WZ01zgkWmanlB001",
     "in_1SyC10B7WZ01zgkWtaxfC001",
@@ -39,12 +35,6 @@ B, C, D, E = (
 OTHER = "in_1SyZ10B7WZ01zgkWotherZ01"
 ALERT = "alrt_61SyG10B7WZ01zgkW3Rt5uVw"
 TEMPLATES = fixture_path("invoice_rendering_templates.list.json")
-
-
-@pytest.fixture
-def api(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(api_keys=(API_KEY,))), headers=BEARER) as test_client:
-        yield test_client
 
 
 @pytest.fixture
@@ -65,23 +55,6 @@ def mirror(engine: Engine) -> dict[str, dict[str, Any]]:
         if obj.get("object") == "invoice":
             newest[obj["id"]] = obj
     return newest
-
-
-def get(api: TestClient, path: str, **params: Any) -> Any:
-    response = api.get(path, params=params)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ids(body: dict[str, Any]) -> list[str]:
-    return [obj["id"] for obj in body["data"]]
-
-
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["type"] == "invalid_request_error"
-    return error  # type: ignore[no-any-return]
 
 
 # ---- invoices ---------------------------------------------------------------------------------

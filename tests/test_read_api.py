@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +16,11 @@ from app.main import create_app
 from app.settings import Settings
 from tests.mirror_data import (
     API_KEY,
+    BEARER,
     OTHER_API_KEY,
+    error_of,
+    get,
+    ids,
     ingest,
     item,
     item_created,
@@ -26,31 +30,6 @@ from tests.mirror_data import (
 )
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
-BEARER = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture
-def api(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
-    app = create_app(make_settings(api_keys=(API_KEY, OTHER_API_KEY)))
-    with TestClient(app, headers=BEARER) as test_client:
-        yield test_client
-
-
-def get(api: TestClient, path: str, **params: Any) -> Any:
-    response = api.get(path, params=params)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ids(body: dict[str, Any]) -> list[str]:
-    return [obj["id"] for obj in body["data"]]
-
-
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["type"] == "invalid_request_error"
-    return error  # type: ignore[no-any-return]
 
 
 # ---- payments ---------------------------------------------------------------------------------
