@@ -6,15 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from app.envelope import parse_event
-from app.ingest import EventStore
 from tests.billing import INVOICE_A, INVOICE_G, T0, recorded, snapshot_of
-from tests.events import encode, load_fixture, make_event
-from tests.mirror import mirror_snapshot
-from tests.test_convergence import reset
+from tests.events import load_fixture, make_event
+from tests.mirror import deliveries, replay_in_batches
 
 BILLING_TABLES = (
     "invoices",
@@ -105,25 +101,7 @@ POOL = event_pool()
 
 
 def replay(engine: Engine, order: list[int], batch_sizes: list[int]) -> dict[str, Any]:
-    reset(engine)
-    store = EventStore(engine)
-    events = [parse_event(encode(POOL[i])) for i in order]
-    position, sizes = 0, iter(batch_sizes)
-    while position < len(events):
-        size = next(sizes, len(events))
-        for result in store.ingest(events[position : position + size]):
-            assert not isinstance(result, Exception) and result.error is None, result
-        position += size
-    return mirror_snapshot(engine, BILLING_TABLES)
-
-
-@st.composite
-def deliveries(draw: st.DrawFn) -> tuple[list[int], list[int]]:
-    order = draw(st.permutations(range(len(POOL))))
-    for duplicate in draw(st.lists(st.integers(0, len(POOL) - 1), max_size=8)):
-        order.insert(draw(st.integers(0, len(order))), duplicate)
-    batch_sizes = draw(st.lists(st.integers(1, 6), max_size=len(order)))
-    return order, batch_sizes
+    return replay_in_batches(engine, POOL, order, batch_sizes, BILLING_TABLES)
 
 
 def test_expected_final_state(engine: Engine) -> None:
@@ -152,7 +130,7 @@ def test_expected_final_state(engine: Engine) -> None:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(delivery=deliveries())
+@given(delivery=deliveries(len(POOL)))
 def test_any_order_with_duplicates_gives_the_same_mirror(
     engine: Engine, delivery: tuple[list[int], list[int]]
 ) -> None:

@@ -6,14 +6,10 @@ import copy
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from sqlalchemy import Engine, delete
-from sqlmodel import SQLModel
+from sqlalchemy import Engine
 
-from app.envelope import parse_event
-from app.ingest import EventStore
-from tests.events import encode, load_fixture, make_event
-from tests.mirror import mirror_snapshot
+from tests.events import load_fixture, make_event
+from tests.mirror import deliveries, replay_in_batches
 
 T = 1_767_225_600
 
@@ -91,33 +87,8 @@ POOL = event_pool()
 MIRROR = ("invoice_payments", "invoice_items")
 
 
-def reset(engine: Engine) -> None:
-    with engine.begin() as connection:
-        for table in reversed(SQLModel.metadata.sorted_tables):
-            connection.execute(delete(table))
-
-
 def replay(engine: Engine, order: list[int], batch_sizes: list[int]) -> dict[str, Any]:
-    reset(engine)
-    store = EventStore(engine)
-    events = [parse_event(encode(POOL[i])) for i in order]
-    position, sizes = 0, iter(batch_sizes)
-    while position < len(events):
-        size = next(sizes, len(events))
-        for result in store.ingest(events[position : position + size]):
-            assert not isinstance(result, Exception)
-        position += size
-    return mirror_snapshot(engine, MIRROR)
-
-
-@st.composite
-def deliveries(draw: st.DrawFn) -> tuple[list[int], list[int]]:
-    order = draw(st.permutations(range(len(POOL))))
-    duplicates = draw(st.lists(st.integers(0, len(POOL) - 1), max_size=8))
-    for duplicate in duplicates:
-        order.insert(draw(st.integers(0, len(order))), duplicate)
-    batch_sizes = draw(st.lists(st.integers(1, 6), max_size=len(order)))
-    return order, batch_sizes
+    return replay_in_batches(engine, POOL, order, batch_sizes, MIRROR)
 
 
 def test_expected_final_state(engine: Engine) -> None:
@@ -138,7 +109,7 @@ def test_expected_final_state(engine: Engine) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(delivery=deliveries())
+@given(delivery=deliveries(len(POOL)))
 def test_any_order_with_duplicates_gives_the_same_mirror(
     engine: Engine, delivery: tuple[list[int], list[int]]
 ) -> None:
