@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from app.driver_sql import driver_connection
 from app.handlers.base import StripeObject, to_json_text
 from app.handlers.lines import write_lines
 from app.models import Invoice, InvoiceLineItem, InvoiceRenderingTemplate
 from app.upsert import VERSION_COLUMNS, Version, delete_unlisted, guarded_upsert, table_of
+from app.writes import Writes, execute_writes
 
 BACKFILL_SOURCE = "backfill"
 T = TypeVar("T")
@@ -86,13 +88,15 @@ def backfill_templates(session: Session, templates: Iterable[StripeObject]) -> i
             raise BackfillError(f"Not an invoice_rendering_template: {to_json_text(obj)[:120]}")
         if not isinstance(version, int):
             raise BackfillError(f"Template {template_id} has no integer version")
-        changed += guarded_upsert(
-            session,
+        writes = Writes(session.get_bind().dialect)
+        guarded_upsert(
+            writes,
             InvoiceRenderingTemplate,
             {"id": template_id},
             template_columns(obj),
             Version(0, version, 0, BACKFILL_SOURCE),
         )
+        changed += execute_writes(driver_connection(session), writes.planned)
     return changed
 
 
@@ -120,7 +124,9 @@ def backfill_lines(session: Session, invoice_id: str, page: StripeList) -> Lines
     version = Version(
         stored.version_precedence, stored.last_event_created, stored.version_tiebreak, stored.last_event_id
     )
-    write_lines(session, invoice_id, page.data, page.complete, version)
+    writes = Writes(session.get_bind().dialect)
+    write_lines(writes, invoice_id, page.data, page.complete, version)
+    execute_writes(driver_connection(session), writes.planned)
     cleared = False
     if page.complete:
         # The list was fetched after that snapshot: lines it no longer names are gone.

@@ -1,21 +1,56 @@
-"""Route one stored event to its handler."""
+"""Route an event to its handler, and plan everything storing and applying it will write."""
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from collections.abc import Callable
+from typing import Any
 
+from sqlalchemy import Dialect
+
+from app.apply import PlannedEvent, describe
 from app.envelope import Event
 from app.handlers import SNAPSHOT_HANDLERS, THIN_HANDLERS
-from app.handlers.base import Outcome, Source
+from app.handlers.base import Source
+from app.writes import Writes
+
+Apply = Callable[[Writes, Event], None]
 
 
-def apply_event(session: Session, event: Event) -> Outcome:
+def apply_event(writes: Writes, event: Event) -> None:
+    """Record the writes of ``event``'s handler; an event type without one records none (ignored)."""
     source = Source(event_id=event.id, created=event.created, type=event.type)
     if event.thin:
         thin_handler = THIN_HANDLERS.get(event.type)
-        return thin_handler(session, event.body, source) if thin_handler else Outcome.IGNORED
+        if thin_handler is not None:
+            thin_handler(writes, event.body, source)
+        return
     handler = SNAPSHOT_HANDLERS.get(event.type)
     obj = event.data_object
-    if handler is None or obj is None:
-        return Outcome.IGNORED
-    return handler(session, obj, source)
+    if handler is not None and obj is not None:
+        handler(writes, obj, source)
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    """The planned part of the stripe_events row (app.apply.EVENT_COLUMNS), the raw body kept exact."""
+    return (
+        event.id,
+        event.type,
+        event.created,
+        event.api_version,
+        event.livemode,
+        event.account,
+        event.thin,
+        event.object_id,
+        event.raw,
+    )
+
+
+def plan_event(event: Event, dialect: Dialect, apply: Apply = apply_event) -> PlannedEvent:
+    """``event`` ready for app.apply. A handler that raises plans nothing: the event will be stored
+    as failed with the error, and a later delivery of it tries again."""
+    writes = Writes(dialect)
+    try:
+        apply(writes, event)
+    except Exception as exc:
+        return PlannedEvent(event.id, event_row(event), [], error=describe(exc))
+    return PlannedEvent(event.id, event_row(event), writes.planned)

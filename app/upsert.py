@@ -19,7 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
-from app.driver_sql import PreparedStatement, session_connection
+from app.driver_sql import PreparedStatement
+from app.writes import Writes
 
 VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
@@ -43,10 +44,6 @@ class Version:
 NO_DATA = Version(-1, 0, 0, "")
 
 
-def insert_for(session: Session, table: Table) -> Any:
-    return dialect_insert(session.get_bind().dialect.name, table)
-
-
 def dialect_insert(dialect: str, table: Table) -> Any:
     """INSERT with ON CONFLICT support for a dialect name (the statement caches key on the name)."""
     if dialect == "postgresql":
@@ -61,18 +58,19 @@ def table_of(model: type[SQLModel]) -> Table:
 
 
 def guarded_upsert(
-    session: Session,
+    writes: Writes,
     model: type[SQLModel],
     key: Mapping[str, Any],
     data: Mapping[str, Any],
     version: Version,
     *,
     deleted_by: tuple[str, int] | None = None,
-) -> bool:
-    """Write ``data`` for the row at ``key`` unless the row holds a newer version.
+) -> None:
+    """Plan: write ``data`` for the row at ``key`` unless the row holds a newer version.
 
-    ``deleted_by=(event_id, created)`` also marks the row deleted. Returns True when the row was
-    inserted or changed, False when everything the event carried was stale.
+    ``deleted_by=(event_id, created)`` also marks the row deleted. When it runs, the database's count
+    of rows touched says whether the row was written: when the WHERE of DO UPDATE is false, none is.
+    (No RETURNING: it makes each SQLite upsert three times slower.)
     """
     table = table_of(model)
     tombstoned = "deleted" in table.c
@@ -83,24 +81,21 @@ def guarded_upsert(
         values["deleted_by_event_created"] = deleted_by[1] if deleted_by else None
     elif deleted_by is not None:
         raise ValueError(f"{table.name} has no tombstone columns")
-    connection = session_connection(session)
-    prepared = _prepared_upsert(connection.dialect, table, tuple(key), tuple(values), tombstoned)
-    # The database's count of rows touched says whether the row was written: when the WHERE of
-    # DO UPDATE is false, none is. (No RETURNING: it makes each SQLite upsert three times slower.)
-    return prepared.execute(connection, values) > 0
+    prepared = _prepared_upsert(writes.dialect, table, tuple(key), tuple(values), tombstoned)
+    writes.add(prepared.sql, prepared.params(values))
 
 
 def guarded_upsert_many(
-    session: Session,
+    writes: Writes,
     model: type[SQLModel],
     rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
     version: Version,
-) -> int:
-    """``guarded_upsert`` for many ``(key, data)`` rows of one shape written with one version (e.g. the
-    lines of one invoice snapshot), in a single driver call. Each row is still its own guarded
-    INSERT .. ON CONFLICT; returns how many rows were inserted or changed."""
+) -> None:
+    """Plan ``guarded_upsert`` for many ``(key, data)`` rows of one shape written with one version
+    (e.g. the lines of one invoice snapshot), as a single driver call. Each row is still its own
+    guarded INSERT .. ON CONFLICT."""
     if not rows:
-        return 0
+        return
     table = table_of(model)
     if "deleted" in table.c:
         raise ValueError(f"{table.name} has tombstone columns: use guarded_upsert")
@@ -109,9 +104,8 @@ def guarded_upsert_many(
     shape = tuple(values[0])
     if any(tuple(row) != shape for row in values):
         raise ValueError("guarded_upsert_many needs rows with the same columns")
-    connection = session_connection(session)
-    prepared = _prepared_upsert(connection.dialect, table, tuple(rows[0][0]), shape, False)
-    return prepared.executemany(connection, values)
+    prepared = _prepared_upsert(writes.dialect, table, tuple(rows[0][0]), shape, False)
+    writes.add(prepared.sql, [prepared.params(row) for row in values], many=True)
 
 
 @lru_cache(maxsize=256)
@@ -157,26 +151,23 @@ def _upsert_statement(
 
 
 def delete_superseded(
-    session: Session,
+    writes: Writes,
     child_model: type[SQLModel],
     child_parent_column: str,
     marker_model: type[SQLModel],
     marker_parent_column: str,
     parent_id: str,
-) -> int:
-    """Delete the children of ``parent_id`` written by a version older than the marker row's version.
+) -> None:
+    """Plan: delete the children of ``parent_id`` written by a version older than the marker row's.
 
     The marker is a guarded row (e.g. the newest complete list of an invoice's lines). One DELETE whose
     comparison happens in the database against the marker as it stands: an older snapshot can never
     remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
     are removed again, so the result does not depend on delivery order.
     """
-    connection = session_connection(session)
     child, marker = table_of(child_model), table_of(marker_model)
-    prepared = _superseded_statement(
-        connection.dialect, child, child_parent_column, marker, marker_parent_column
-    )
-    return prepared.execute(connection, {"parent_id": parent_id})
+    prepared = _superseded_statement(writes.dialect, child, child_parent_column, marker, marker_parent_column)
+    writes.add(prepared.sql, prepared.params({"parent_id": parent_id}))
 
 
 @lru_cache(maxsize=64)

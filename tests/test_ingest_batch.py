@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
 
 from app.db import make_engine
 from app.dispatch import apply_event
 from app.envelope import Event, parse_event
-from app.handlers.base import Outcome
 from app.ingest import EventStore
+from app.writes import Writes
 from tests.events import encode, load_fixture, make_event
 
 ITEM = load_fixture("invoiceitem.created.json")["data"]["object"]
@@ -27,10 +28,10 @@ def item_event(item_id: str, created: int, event_id: str | None = None) -> Event
 def fails_for(*event_ids: str):  # type: ignore[no-untyped-def]
     """The real dispatcher, except that the handler of the named events raises (a bug in a handler)."""
 
-    def apply(session: Session, event: Event) -> Outcome:
+    def apply(writes: Writes, event: Event) -> None:
+        apply_event(writes, event)
         if event.id in event_ids:
             raise ValueError(f"handler bug on {event.id}")
-        return apply_event(session, event)
 
     return apply
 
@@ -105,23 +106,26 @@ def test_a_failed_event_in_a_batch_of_known_events_is_retried_with_attempts_coun
 
 
 def test_an_event_stored_by_another_receiver_meanwhile_is_a_duplicate(engine: Engine, db_url: str) -> None:
-    """Two receivers on one PostgreSQL: the other one stores the same event while this batch runs."""
+    """Two receivers on one PostgreSQL: the other one stores the same event after this batch looked
+    it up and before this batch stores it. A third connection holds a row lock that this batch's
+    first write waits for, which opens exactly that window."""
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite writers hold the database lock for the whole batch: nobody can store meanwhile")
-    other_receiver = make_engine(db_url)
-    event = item_event("ii_race", 100, event_id="evt_race")
+    EventStore(engine).ingest([item_event("ii_race_neighbour", 50, event_id="evt_race_old")])
     neighbour = item_event("ii_race_neighbour", 100, event_id="evt_race_neighbour")
-
-    def apply_while_the_other_receiver_stores_it(session: Session, current: Event) -> Outcome:
-        if current.id == "evt_race" and "evt_race" not in stored(engine):
-            EventStore(other_receiver).ingest([current])  # commits before this transaction does
-        return apply_event(session, current)
-
+    event = item_event("ii_race", 100, event_id="evt_race")
+    other_receiver = make_engine(db_url)
+    locker = engine.connect()
     try:
-        results = EventStore(engine, apply=apply_while_the_other_receiver_stores_it).ingest(
-            [neighbour, event], keep_order=True
-        )
+        locker.execute(text("SELECT 1 FROM invoice_items WHERE id = 'ii_race_neighbour' FOR UPDATE"))
+        with ThreadPoolExecutor(1) as pool:
+            batch = pool.submit(EventStore(engine).ingest, [neighbour, event], keep_order=True)
+            wait_until_blocked_on_a_lock(engine)
+            EventStore(other_receiver).ingest([event])  # commits while the batch waits
+            locker.rollback()
+            results = batch.result(timeout=30)
     finally:
+        locker.close()
         other_receiver.dispose()
     assert [(r.event_id, r.outcome, r.duplicate) for r in results] == [
         ("evt_race_neighbour", "applied", False),
@@ -129,3 +133,17 @@ def test_an_event_stored_by_another_receiver_meanwhile_is_a_duplicate(engine: En
     ]
     assert stored(engine)["evt_race"] == ("applied", 1, None)
     assert set(items(engine)) == {"ii_race", "ii_race_neighbour"}
+
+
+def wait_until_blocked_on_a_lock(engine: Engine) -> None:
+    deadline = time.monotonic() + 20
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            if connection.execute(query).scalar():
+                return
+        time.sleep(0.02)
+    raise AssertionError("the batch never waited for the locked row")

@@ -1,4 +1,4 @@
-"""Event type -> handler. A handler writes through its session and never commits."""
+"""Event type -> handler. A handler plans guarded writes (app.writes); it never touches the database."""
 
 from __future__ import annotations
 

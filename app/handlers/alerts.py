@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from app.handlers.base import Outcome, Source, StripeObject, dig, outcome_of, ref_id, to_json_text
+from app.handlers.base import Source, StripeObject, dig, ref_id, to_json_text
 from app.models import BillingAlert, BillingAlertTrigger
 from app.upsert import Version, guarded_upsert
+from app.writes import Writes
 
 
 def filter_customer(alert: StripeObject) -> str | None:
@@ -39,12 +38,12 @@ def alert_columns(alert: StripeObject) -> dict[str, Any]:
     }
 
 
-def handle_alert_triggered(session: Session, obj: StripeObject, source: Source) -> Outcome:
+def handle_alert_triggered(writes: Writes, obj: StripeObject, source: Source) -> None:
     alert = obj.get("alert")
     if not isinstance(alert, dict) or not isinstance(alert.get("id"), str):
         raise ValueError("billing.alert_triggered carries no alert with an id")
     version = Version(0, source.created, 0, source.event_id)
-    alert_written = guarded_upsert(session, BillingAlert, {"id": alert["id"]}, alert_columns(alert), version)
+    guarded_upsert(writes, BillingAlert, {"id": alert["id"]}, alert_columns(alert), version)
     trigger = {
         "alert": alert["id"],
         "customer": ref_id(obj.get("customer")),
@@ -53,7 +52,4 @@ def handle_alert_triggered(session: Session, obj: StripeObject, source: Source) 
         "livemode": obj.get("livemode"),
         "payload": to_json_text(obj),
     }
-    trigger_written = guarded_upsert(
-        session, BillingAlertTrigger, {"event_id": source.event_id}, trigger, version
-    )
-    return outcome_of(alert_written or trigger_written)
+    guarded_upsert(writes, BillingAlertTrigger, {"event_id": source.event_id}, trigger, version)

@@ -1,21 +1,17 @@
-"""What every handler shares: its signature, its outcome and small helpers for Stripe values."""
+"""What every handler shares: its signature and small helpers for Stripe values."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy.orm import Session
 
+from app.outcome import Outcome
+from app.writes import Writes
 
-class Outcome(StrEnum):
-    APPLIED = "applied"
-    STALE = "stale"  # every row it touched already held a newer version
-    IGNORED = "ignored"  # an event type the mirror does not keep
-    FAILED = "failed"
+__all__ = ["Outcome"]  # re-exported: handlers and their callers name outcomes from here
 
 
 @dataclass(frozen=True)
@@ -28,11 +24,9 @@ class Source:
 
 
 StripeObject = dict[str, Any]
-Handler = Callable[[Session, StripeObject, Source], Outcome]
-
-
-def outcome_of(written: bool) -> Outcome:
-    return Outcome.APPLIED if written else Outcome.STALE
+# A handler plans guarded writes for the object; it never touches the database. The event is
+# applied when any of them changes a row, stale when none does, ignored when it plans none.
+Handler = Callable[[Writes, StripeObject, Source], None]
 
 
 def ref_id(value: Any) -> str | None:

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from app.handlers.base import (
-    Outcome,
-    Source,
-    StripeObject,
-    count_set,
-    dig,
-    field_of,
-    outcome_of,
-    ref_id,
-    to_json_text,
-)
+from app.handlers.base import Source, StripeObject, count_set, dig, field_of, ref_id, to_json_text
 from app.handlers.lines import write_lines
 from app.handlers.payments import upsert_invoice_payment
 from app.models import Invoice
 from app.upsert import NO_DATA, Version, guarded_upsert
+from app.writes import Writes
 
 # invoice.upcoming is left out on purpose: its invoice has no id and must not be mirrored.
 INVOICE_EVENT_TYPES = (
@@ -109,22 +98,21 @@ def invoice_columns(obj: StripeObject) -> dict[str, Any]:
     }
 
 
-def upsert_embedded_payments(session: Session, invoice: StripeObject, source: Source) -> Outcome:
+def upsert_embedded_payments(writes: Writes, invoice: StripeObject, source: Source) -> None:
     payments = dig(invoice, "payments", "data")
-    if not isinstance(payments, list) or not payments:
-        return Outcome.IGNORED
-    written = [upsert_invoice_payment(session, payment, source) for payment in payments]
-    return Outcome.APPLIED if any(written) else Outcome.STALE
+    if isinstance(payments, list):
+        for payment in payments:
+            upsert_invoice_payment(writes, payment, source)
 
 
-def upsert_invoice(session: Session, obj: StripeObject, source: Source) -> bool:
-    """The invoice row, then its lines; returns whether anything changed."""
+def upsert_invoice(writes: Writes, obj: StripeObject, source: Source) -> None:
+    """The invoice row, then its lines."""
     invoice_id = obj["id"]
     deleting = source.type == "invoice.deleted"
     stub = deleting and set(obj) <= STUB_KEYS
     version = NO_DATA if stub else invoice_version(obj, source)
-    written = guarded_upsert(
-        session,
+    guarded_upsert(
+        writes,
         Invoice,
         {"id": invoice_id},
         {} if stub else invoice_columns(obj),
@@ -134,13 +122,11 @@ def upsert_invoice(session: Session, obj: StripeObject, source: Source) -> bool:
     lines = obj.get("lines")
     if isinstance(lines, dict) and isinstance(lines.get("data"), list):
         complete = not lines.get("has_more")
-        written |= write_lines(session, invoice_id, lines["data"], complete, version)
-    return written
+        write_lines(writes, invoice_id, lines["data"], complete, version)
 
 
-def handle_invoice_event(session: Session, obj: StripeObject, source: Source) -> Outcome:
+def handle_invoice_event(writes: Writes, obj: StripeObject, source: Source) -> None:
     if not isinstance(obj.get("id"), str):
-        return Outcome.IGNORED  # an invoice without an id (a preview) is never mirrored
-    written = upsert_invoice(session, obj, source)
-    payments = upsert_embedded_payments(session, obj, source)
-    return outcome_of(written or payments == Outcome.APPLIED)
+        return  # an invoice without an id (a preview) is never mirrored: ignored
+    upsert_invoice(writes, obj, source)
+    upsert_embedded_payments(writes, obj, source)

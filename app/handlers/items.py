@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from app.handlers.base import Outcome, Source, StripeObject, dig, outcome_of, ref_id, to_json_text
+from app.handlers.base import Source, StripeObject, dig, ref_id, to_json_text
 from app.models import InvoiceItem
 from app.upsert import NO_DATA, Version, guarded_upsert
+from app.writes import Writes
 
 STUB_KEYS = frozenset({"id", "object", "deleted"})
 
@@ -58,24 +57,23 @@ def _item_id(obj: StripeObject) -> str:
     return item_id
 
 
-def handle_invoiceitem_created(session: Session, obj: StripeObject, source: Source) -> Outcome:
+def handle_invoiceitem_created(writes: Writes, obj: StripeObject, source: Source) -> None:
     version = Version(0, source.created, 0, source.event_id)
-    return outcome_of(guarded_upsert(session, InvoiceItem, {"id": _item_id(obj)}, item_columns(obj), version))
+    guarded_upsert(writes, InvoiceItem, {"id": _item_id(obj)}, item_columns(obj), version)
 
 
-def handle_invoiceitem_deleted(session: Session, obj: StripeObject, source: Source) -> Outcome:
+def handle_invoiceitem_deleted(writes: Writes, obj: StripeObject, source: Source) -> None:
     """A tombstone; the payload may be the full item or the stub {id, object, deleted}."""
     if set(obj) <= STUB_KEYS:
         data: dict[str, Any] = {}
         version = NO_DATA
     else:
         data, version = item_columns(obj), Version(0, source.created, 0, source.event_id)
-    written = guarded_upsert(
-        session,
+    guarded_upsert(
+        writes,
         InvoiceItem,
         {"id": _item_id(obj)},
         data,
         version,
         deleted_by=(source.event_id, source.created),
     )
-    return outcome_of(written)

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from app.handlers.base import StripeObject, dig, ref_id, to_json_text
 from app.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
 from app.upsert import Version, delete_superseded, guarded_upsert, guarded_upsert_many
+from app.writes import Writes
 
 
 def line_parent_details(line: StripeObject) -> dict[str, Any]:
@@ -67,8 +66,8 @@ def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str
 
 
 def write_lines(
-    session: Session, invoice_id: str, lines: Sequence[Any], complete: bool, version: Version
-) -> bool:
+    writes: Writes, invoice_id: str, lines: Sequence[Any], complete: bool, version: Version
+) -> None:
     """Upsert ``lines`` (in invoice order) and drop lines superseded by the newest complete list.
 
     The invoice row must already exist in this transaction (its upsert also locks it on PostgreSQL,
@@ -83,12 +82,10 @@ def write_lines(
         rows.append(({"id": line["id"]}, columns))
         if isinstance(columns["invoice_item"], str):
             item_ids.add(columns["invoice_item"])
-    written = guarded_upsert_many(session, InvoiceLineItem, rows, version) > 0
+    guarded_upsert_many(writes, InvoiceLineItem, rows, version)
     if complete:
-        written |= guarded_upsert(session, InvoiceLineSet, {"invoice": invoice_id}, {}, version)
-    removed = delete_superseded(session, InvoiceLineItem, "invoice", InvoiceLineSet, "invoice", invoice_id)
-    written |= removed > 0
+        guarded_upsert(writes, InvoiceLineSet, {"invoice": invoice_id}, {}, version)
+    delete_superseded(writes, InvoiceLineItem, "invoice", InvoiceLineSet, "invoice", invoice_id)
     # Sorted so that two transactions touching the same items lock them in the same order.
     links = [({"invoice_item": item_id}, {"invoice": invoice_id}) for item_id in sorted(item_ids)]
-    written |= guarded_upsert_many(session, InvoiceItemInvoice, links, version) > 0
-    return written
+    guarded_upsert_many(writes, InvoiceItemInvoice, links, version)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from app.handlers.base import Outcome, Source, StripeObject, dig, outcome_of, to_json_text
+from app.handlers.base import Source, StripeObject, dig, to_json_text
 from app.models import BillingMeterErrorReport
 from app.upsert import Version, guarded_upsert
+from app.writes import Writes
 
 METER_ERROR_EVENT_TYPES = (
     "v1.billing.meter.error_report_triggered",
@@ -42,13 +41,12 @@ def error_report_columns(body: StripeObject, source: Source) -> dict[str, Any]:
     }
 
 
-def handle_meter_error_report(session: Session, body: StripeObject, source: Source) -> Outcome:
+def handle_meter_error_report(writes: Writes, body: StripeObject, source: Source) -> None:
     version = Version(0, source.created, 0, source.event_id)
-    written = guarded_upsert(
-        session,
+    guarded_upsert(
+        writes,
         BillingMeterErrorReport,
         {"event_id": source.event_id},
         error_report_columns(body, source),
         version,
     )
-    return outcome_of(written)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from app.handlers.base import Outcome, Source, StripeObject, dig, outcome_of, to_json_text
+from app.handlers.base import Source, StripeObject, dig, to_json_text
 from app.models import BillingMeter
 from app.upsert import Version, guarded_upsert
+from app.writes import Writes
 
 METER_EVENT_TYPES = (
     "billing.meter.created",
@@ -42,11 +41,8 @@ def meter_columns(obj: StripeObject) -> dict[str, Any]:
     }
 
 
-def handle_meter_event(session: Session, obj: StripeObject, source: Source) -> Outcome:
+def handle_meter_event(writes: Writes, obj: StripeObject, source: Source) -> None:
     meter_id = obj.get("id")
     if not isinstance(meter_id, str):
         raise ValueError("billing.meter object has no id")
-    written = guarded_upsert(
-        session, BillingMeter, {"id": meter_id}, meter_columns(obj), meter_version(obj, source)
-    )
-    return outcome_of(written)
+    guarded_upsert(writes, BillingMeter, {"id": meter_id}, meter_columns(obj), meter_version(obj, source))

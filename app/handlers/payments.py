@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
-
-from app.handlers.base import (
-    Outcome,
-    Source,
-    StripeObject,
-    count_set,
-    field_of,
-    outcome_of,
-    ref_id,
-    to_json_text,
-)
+from app.handlers.base import Source, StripeObject, count_set, field_of, ref_id, to_json_text
 from app.models import InvoicePayment
 from app.upsert import Version, guarded_upsert
+from app.writes import Writes
 
 # paid and canceled are terminal: no snapshot of another status may replace them, whatever its time.
 TERMINAL_STATUSES = frozenset({"paid", "canceled"})
@@ -55,14 +45,14 @@ def payment_columns(obj: StripeObject) -> dict[str, object]:
     }
 
 
-def upsert_invoice_payment(session: Session, obj: StripeObject, source: Source) -> bool:
+def upsert_invoice_payment(writes: Writes, obj: StripeObject, source: Source) -> None:
     payment_id = obj.get("id")
     if not isinstance(payment_id, str):
         raise ValueError("invoice_payment object has no id")
-    return guarded_upsert(
-        session, InvoicePayment, {"id": payment_id}, payment_columns(obj), payment_version(obj, source)
+    guarded_upsert(
+        writes, InvoicePayment, {"id": payment_id}, payment_columns(obj), payment_version(obj, source)
     )
 
 
-def handle_invoice_payment_paid(session: Session, obj: StripeObject, source: Source) -> Outcome:
-    return outcome_of(upsert_invoice_payment(session, obj, source))
+def handle_invoice_payment_paid(writes: Writes, obj: StripeObject, source: Source) -> None:
+    upsert_invoice_payment(writes, obj, source)

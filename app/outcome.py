@@ -1,0 +1,12 @@
+"""What became of one delivered event. Its own module so the SQLite writer process imports nothing else."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"  # every row it touched already held a newer version
+    IGNORED = "ignored"  # an event type the mirror does not keep
+    FAILED = "failed"
