@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.outcome import Outcome
 from app.writes import Write, execute_writes
@@ -49,9 +49,10 @@ EVENT_COLUMNS = (
 OBJECT_ID = EVENT_COLUMNS.index("object_id")
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedEvent:
-    """An event ready to store and apply; plain data, so it pickles cheaply to a writer process."""
+# Named tuples, not dataclasses: thousands cross the pipe to the writer process per batch, and a
+# tuple pickles several times faster.
+class PlannedEvent(NamedTuple):
+    """An event ready to store and apply."""
 
     id: str
     row: tuple[Any, ...]  # the first nine EVENT_COLUMNS, ready for the driver
@@ -59,8 +60,7 @@ class PlannedEvent:
     error: str | None = None  # its handler raised while planning: stored as failed
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
+class IngestResult(NamedTuple):
     event_id: str
     outcome: Outcome
     duplicate: bool = False

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.envelope import Event
-from app.ingest import EventStore, IngestResult
+from app.ingest import IngestResult, Ingests
 
 _STOP = object()
 
@@ -52,7 +52,7 @@ class WriterStats:
 
 
 class GroupCommitter:
-    def __init__(self, store: EventStore, max_batch: int = 256, writers: int = 1) -> None:
+    def __init__(self, store: Ingests, max_batch: int = 256, writers: int = 1) -> None:
         if writers < 1:
             raise ValueError("a GroupCommitter needs at least one writer")
         self.store = store

@@ -10,6 +10,7 @@ converted up front; they are executed later on the DBAPI connection underneath t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Dialect
@@ -43,15 +44,22 @@ class PreparedStatement:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self.processors[name] = processor
-        # Positional (SQLite): (name, processor or None) in parameter order, resolved once.
-        self.plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
+        # Positional (SQLite): the values are picked in parameter order by one C call, then the
+        # few that need it (JSON, booleans) are converted in place.
+        self.positional = order is not None
         if order is not None:
-            self.plan = tuple((name, self.processors.get(name)) for name in order)
+            self._pick = itemgetter(*order) if len(order) > 1 else lambda values: (values[order[0]],)
+            self._convert = tuple(
+                (index, self.processors[name]) for index, name in enumerate(order) if name in self.processors
+            )
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """``values`` as the driver takes them: converted, and in parameter order when positional."""
-        if self.plan is not None:  # positional (SQLite): one pass in parameter order
-            return [values[name] if fn is None else fn(values[name]) for name, fn in self.plan]
+        if self.positional:
+            row = list(self._pick(values))
+            for index, convert in self._convert:
+                row[index] = convert(row[index])
+            return row
         processors = self.processors
         if not processors:
             return values

@@ -7,11 +7,13 @@ written; storing and applying is app.apply, run on the DBAPI connection of a SQL
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Dialect, Engine
 from sqlalchemy.orm import Session
@@ -30,9 +32,24 @@ from app.dispatch import Apply, apply_event, plan_event
 from app.driver_sql import driver_connection
 from app.envelope import Event
 from app.models import StripeEvent
+from app.sqlite_writer import SqliteWriterProcess
 from app.upsert import table_of
 
-__all__ = ["DatabaseUnavailable", "EventStore", "IngestResult", "is_infrastructure_error"]
+__all__ = [
+    "DatabaseUnavailable",
+    "EventStore",
+    "IngestResult",
+    "WriterProcessStore",
+    "is_infrastructure_error",
+]
+
+Results = list[IngestResult | DatabaseUnavailable]
+
+
+class Ingests(Protocol):
+    """What the group committer needs: EventStore, or WriterProcessStore on SQLite."""
+
+    def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results: ...
 
 
 @lru_cache(maxsize=8)
@@ -88,3 +105,37 @@ class EventStore:
             received_now(dialect),
             keep_order=keep_order,
         )
+
+    def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
+        """Each batch in its own transaction, its events applied in the order given (a replay)."""
+        for events in batches:
+            yield self.ingest(events, keep_order=True)
+
+
+class WriterProcessStore:
+    """EventStore's interface, with the writing done by a SqliteWriterProcess on another core.
+
+    This process plans (decoding already happened); the child stores and applies each batch with the
+    same code (app.apply) and commits. Batches from several threads are pipelined: one is written
+    while the next is planned."""
+
+    def __init__(self, engine: Engine, writer: SqliteWriterProcess, apply: Apply = apply_event) -> None:
+        self.dialect = engine.dialect
+        self.writer = writer
+        self.apply = apply
+
+    def _submit(self, events: Sequence[Event], keep_order: bool) -> Future[Results]:
+        planned = [plan_event(event, self.dialect, self.apply) for event in events]
+        return self.writer.submit(planned, received_now(self.dialect), keep_order=keep_order)
+
+    def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results:
+        return self._submit(events, keep_order).result()
+
+    def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
+        in_flight: deque[Future[Results]] = deque()
+        for events in batches:
+            in_flight.append(self._submit(events, keep_order=True))
+            if len(in_flight) > 1:  # one batch being written while the next is planned
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()

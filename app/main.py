@@ -14,18 +14,20 @@ from starlette.routing import BaseRoute, Route
 from app.api.auth import HOW_TO_OPEN
 from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
-from app.db import CommitCounter, is_sqlite, make_engine
+from app.db import CommitCounter, is_sqlite, make_engine, sqlite_path
 from app.errors import http_exception_handler
 from app.health import healthz
-from app.ingest import EventStore
+from app.ingest import EventStore, Ingests, WriterProcessStore
 from app.settings import HOW_TO_SET_SECRET, Settings
+from app.sqlite_writer import SqliteWriterProcess
 from app.webhook import receive_stripe_webhook
 
 logger = logging.getLogger("billing_mirror")
 
-# Writer threads per process. SQLite serialises writers on its file lock, so more would only wait;
-# on PostgreSQL a few overlap their round trips (each holds one pooled connection of the 10).
-SQLITE_WRITERS = 1
+# Writer threads per process. On SQLite the writing happens in a SqliteWriterProcess, which takes
+# one batch at a time: two threads let one batch be planned while the other is written. On PostgreSQL
+# a few overlap their round trips (each holds one pooled connection of the 10).
+SQLITE_WRITERS = 2
 POSTGRES_WRITERS = 4
 
 
@@ -47,10 +49,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if not resolved.api_keys:
             logger.warning(HOW_TO_OPEN)
         engine = make_engine(resolved.database_url)
-        commit_counter = CommitCounter(engine)
         read_engine = make_engine(resolved.database_url, for_writing=False)
-        writers = SQLITE_WRITERS if is_sqlite(resolved.database_url) else POSTGRES_WRITERS
-        committer = GroupCommitter(EventStore(engine), max_batch=resolved.max_batch_size, writers=writers)
+        resources = contextlib.ExitStack()
+        path = sqlite_path(resolved.database_url)
+        store: Ingests
+        if path is not None:  # SQLite: the writing gets a process, and so a core, of its own
+            writer = resources.enter_context(SqliteWriterProcess(path))
+            store, writers, commits_of = WriterProcessStore(engine, writer), SQLITE_WRITERS, writer
+        else:  # PostgreSQL (or an in-memory SQLite database, which only this process can open)
+            counter = CommitCounter(engine)
+            writers = 1 if is_sqlite(resolved.database_url) else POSTGRES_WRITERS
+            store, commits_of = EventStore(engine), counter
+        committer = GroupCommitter(store, max_batch=resolved.max_batch_size, writers=writers)
         committer.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's
         # scans, which otherwise walk every module and compiled statement many times a second.
@@ -59,11 +69,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.engine = engine
         app.state.read_engine = read_engine
         app.state.committer = committer
-        app.state.commit_counter = commit_counter
+        app.state.commit_counter = commits_of  # anything with .commits
         try:
             yield
         finally:
-            committer.stop()
+            committer.stop()  # answers every event already received
+            resources.close()
             engine.dispose()
             read_engine.dispose()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from app.envelope import EnvelopeError, Event, event_from_json
 from app.event_files import SourceItem, SourceProblem, SourceValue
 from app.handlers.base import Outcome
-from app.ingest import DatabaseUnavailable, EventStore, IngestResult
+from app.ingest import DatabaseUnavailable, IngestResult
 from app.signature import sign_header
 
 WEBHOOK_PATH = "/webhooks/stripe"
@@ -117,9 +117,17 @@ def _no_tick(_count: int) -> None:
     return None
 
 
+class DirectTarget(Protocol):
+    """Where replay_direct sends events: EventStore, or WriterProcessStore for two cores."""
+
+    def ingest_in_order(
+        self, batches: Iterable[Sequence[Event]]
+    ) -> Iterator[list[IngestResult | DatabaseUnavailable]]: ...
+
+
 def replay_direct(
     items: Iterable[SourceItem],
-    store: EventStore,
+    store: DirectTarget,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Tick = _no_tick,
@@ -127,9 +135,16 @@ def replay_direct(
     """Apply every event through ``store`` (the receiver's own store, dedup and dispatch), in batches
     of ``batch_size`` events per transaction, in the order read."""
     summary = ReplaySummary()
+    in_flight: deque[list[Pair]] = deque()  # batches handed to the store, oldest first
+
+    def event_batches() -> Iterator[list[Event]]:
+        for batch in _batches(_events_only(items, summary), batch_size):
+            in_flight.append(batch)
+            yield [event for _, event in batch]
+
     with _cyclic_gc_paused():
-        for number, batch in enumerate(_batches(_events_only(items, summary), batch_size), start=1):
-            results = store.ingest([event for _, event in batch], keep_order=True)
+        for number, results in enumerate(store.ingest_in_order(event_batches()), start=1):
+            batch = in_flight.popleft()
             for (item, _), result in zip(batch, results, strict=True):
                 summary.sent += 1
                 _tally(summary, result, item.origin)

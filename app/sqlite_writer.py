@@ -1,0 +1,241 @@
+"""A child process that owns the writes to one SQLite file, so planning and writing use two cores.
+
+SQLite takes one writer at a time, and in one Python process the code that decodes and plans events
+and the code that writes them share the GIL. ``SqliteWriterProcess`` starts
+``python -m app.sqlite_writer PATH`` and streams it batches of planned events (app.apply.PlannedEvent,
+plain data) over a pipe; the child stores and applies each batch in one transaction with exactly
+the receiver's code (app.apply), commits, and sends the results back, while the parent is already
+planning the next batch. WAL checkpoints run on a third thread (BackgroundCheckpointer).
+
+Nothing is answered before its commit: the results of a batch arrive only after it committed.
+The child imports the standard library and app.apply only, so it starts in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import pickle
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import IO, Any
+
+from app.apply import (
+    DatabaseUnavailable,
+    IngestResult,
+    PlannedEvent,
+    apply_with_recovery,
+    event_sql,
+    is_infrastructure_error,
+)
+from app.sqlite_setup import BackgroundCheckpointer, configure_connection
+
+Results = list[IngestResult | DatabaseUnavailable]
+# A batch crosses the pipe in chunks: (planned events, received_at as the driver stores it, keep the
+# given order?, last chunk of the batch?). Small writes keep both sides moving: the child unpickles
+# one chunk while the parent plans the next.
+Chunk = tuple[Sequence[PlannedEvent], Any, bool, bool]
+CHUNK_EVENTS = 200
+PIPE_BYTES = 1 << 20  # Linux lets a pipe hold 1 MiB (64 KiB by default): fewer waits on either side
+MMAP_BYTES = 1 << 30
+_DONE = None
+
+
+class WriterProcessError(RuntimeError):
+    """The writer process ended or failed; what it reported is in the message."""
+
+
+def _widen(pipe: IO[bytes] | None) -> None:
+    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
+class SqliteWriterProcess:
+    """The parent side: ``submit`` a batch, get a future of its results, resolved after its commit.
+
+    The child reads its pipe on a thread of its own, so writing a batch rarely waits; results come
+    back on a thread of this process, so a parent writing a batch never blocks a child sending
+    results. The child answers batches in the order they were sent, so futures are resolved first
+    in, first out. Safe to share between threads.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.commits = 0  # transactions the child committed, as it last reported
+        self._child: subprocess.Popen[bytes] | None = None
+        self._pending: deque[Future[Results]] = deque()
+        self._lock = threading.Lock()  # one order for the pipe and the pending futures
+        self._failure: WriterProcessError | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> SqliteWriterProcess:
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "app.sqlite_writer", self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # Not in the terminal's process group: Ctrl-C stops the parent, which then lets the
+            # child finish the batches already sent (closing its stdin) instead of killing it mid-way.
+            start_new_session=True,
+        )
+        _widen(self._child.stdin)
+        self._reader = threading.Thread(target=self._read_results, name="billing-mirror-writer-results")
+        self._reader.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Let the child finish what was sent, then wait for it to end."""
+        child = self._require_child()
+        with self._lock, contextlib.suppress(BrokenPipeError):
+            assert child.stdin is not None
+            with child.stdin:
+                child.stdin.write(pickle.dumps(_DONE))
+        child.wait()
+        if self._reader is not None:
+            self._reader.join()
+
+    def _require_child(self) -> subprocess.Popen[bytes]:
+        if self._child is None:
+            raise RuntimeError("SqliteWriterProcess is not started: use it in a with block")
+        return self._child
+
+    def submit(self, events: Sequence[PlannedEvent], received: Any, *, keep_order: bool) -> Future[Results]:
+        pipe = self._require_child().stdin
+        assert pipe is not None
+        future: Future[Results] = Future()
+        with self._lock:
+            if self._failure is not None:
+                future.set_exception(self._failure)
+                return future
+            # Pending before the first byte is sent: the answer may come back before write() returns.
+            self._pending.append(future)
+            try:
+                for start in range(0, max(len(events), 1), CHUNK_EVENTS):
+                    last = start + CHUNK_EVENTS >= len(events)
+                    chunk: Chunk = (events[start : start + CHUNK_EVENTS], received, keep_order, last)
+                    pipe.write(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                pipe.flush()
+            except BrokenPipeError:
+                pass  # the child ended: the results reader fails every pending future, this one too
+        return future
+
+    def _read_results(self) -> None:
+        child = self._require_child()
+        assert child.stdout is not None
+        reason = "ended"
+        try:
+            while True:
+                try:
+                    results, commits = pickle.load(child.stdout)
+                except EOFError:
+                    break
+                self.commits = commits
+                self._pending.popleft().set_result(results)
+        except Exception as exc:  # an unreadable answer: nobody may wait for ever
+            reason = f"answered something unreadable ({type(exc).__name__}: {exc})"
+            child.kill()
+        code = child.wait()
+        with self._lock:
+            self._failure = WriterProcessError(
+                f"the SQLite writer process {reason} (exit status {code}); its errors are above"
+            )
+            while self._pending:
+                self._pending.popleft().set_exception(self._failure)
+
+
+class _Transactions:
+    """BEGIN IMMEDIATE .. COMMIT on the child's connection; each commit wakes the checkpointer.
+
+    The connection is opened on first use and again after a database error, so a file that cannot
+    be opened yet answers DatabaseUnavailable (app.apply retries, then reports it) instead of ending
+    the process."""
+
+    def __init__(self, path: str, checkpointer: BackgroundCheckpointer) -> None:
+        self.path = path
+        self.checkpointer = checkpointer
+        self.commits = 0
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                configure_connection(connection, autocheckpoint=0)
+                # Index pages read through a memory map, not one read() each: at a few hundred
+                # thousand events the writer otherwise spends a third of its time in those calls.
+                connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            except sqlite3.Error:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[Any]:
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            yield connection
+            connection.execute("COMMIT")
+        except BaseException as exc:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            if is_infrastructure_error(exc):
+                self.close()
+            raise
+        self.commits += 1
+        self.checkpointer.committed()
+
+
+def _read_batches(requests: IO[bytes], batches: queue.SimpleQueue[Any]) -> None:
+    """Unpickle chunks as they arrive (with the GIL, but while the main thread waits on SQLite) and
+    hand over whole batches."""
+    events: list[PlannedEvent] = []
+    try:
+        while (chunk := pickle.load(requests)) is not _DONE:
+            part, received, keep_order, last = chunk
+            events.extend(part)
+            if last:
+                batches.put((events, received, keep_order))
+                events = []
+    except EOFError:  # the parent went away without saying goodbye: finish what is complete
+        pass
+    finally:
+        batches.put(_DONE)
+
+
+def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The child side: apply every batch read from ``requests``; answer each after its commit."""
+    checkpointer = BackgroundCheckpointer(path)
+    checkpointer.start()
+    transaction = _Transactions(path, checkpointer)
+    sql = event_sql("sqlite")
+    batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    reader = threading.Thread(target=_read_batches, args=(requests, batches), daemon=True)
+    reader.start()
+    try:
+        while (batch := batches.get()) is not _DONE:
+            events, received, keep_order = batch
+            results = apply_with_recovery(transaction, sql, events, received, keep_order=keep_order)
+            pickle.dump((results, transaction.commits), answers, protocol=pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+    finally:
+        checkpointer.stop()
+        transaction.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
