@@ -23,7 +23,6 @@ from app.apply import (
     EventSql,
     IngestResult,
     PlannedEvent,
-    apply_batch,
     apply_with_recovery,
     event_sql,
     is_infrastructure_error,
@@ -32,7 +31,7 @@ from app.dispatch import Apply, apply_event, plan_event
 from app.driver_sql import driver_connection
 from app.envelope import Event
 from app.models import StripeEvent
-from app.sqlite_writer import SqliteWriterProcess
+from app.sqlite_writer import SqliteWriterProcess, WriterProcessError
 from app.upsert import table_of
 
 __all__ = [
@@ -81,17 +80,6 @@ class EventStore:
         dialect = self.engine.dialect
         return [plan_event(event, dialect, self.apply) for event in events]
 
-    def ingest_batch(self, events: Sequence[Event], *, keep_order: bool = False) -> list[IngestResult]:
-        """One transaction, one commit (app.apply.apply_batch); a database error propagates."""
-        dialect = self.engine.dialect
-        return apply_batch(
-            self._transaction,
-            statements_for(dialect),
-            self.plan(events),
-            received_now(dialect),
-            keep_order=keep_order,
-        )
-
     def ingest(
         self, events: Sequence[Event], *, keep_order: bool = False
     ) -> list[IngestResult | DatabaseUnavailable]:
@@ -128,14 +116,23 @@ class WriterProcessStore:
         planned = [plan_event(event, self.dialect, self.apply) for event in events]
         return self.writer.submit(planned, received_now(self.dialect), keep_order=keep_order)
 
+    def _results(self, future: Future[Results], count: int) -> Results:
+        """The outcomes of a batch; if the writer process died meanwhile, it is restarted and the
+        batch is reported unavailable (a receiver answers 503, Stripe delivers again)."""
+        try:
+            return future.result()
+        except WriterProcessError as exc:
+            self.writer.restart()
+            return [DatabaseUnavailable(str(exc))] * count
+
     def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results:
-        return self._submit(events, keep_order).result()
+        return self._results(self._submit(events, keep_order), len(events))
 
     def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
-        in_flight: deque[Future[Results]] = deque()
+        in_flight: deque[tuple[Future[Results], int]] = deque()
         for events in batches:
-            in_flight.append(self._submit(events, keep_order=True))
+            in_flight.append((self._submit(events, keep_order=True), len(events)))
             if len(in_flight) > 1:  # one batch being written while the next is planned
-                yield in_flight.popleft().result()
+                yield self._results(*in_flight.popleft())
         while in_flight:
-            yield in_flight.popleft().result()
+            yield self._results(*in_flight.popleft())

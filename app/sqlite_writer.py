@@ -77,6 +77,11 @@ class SqliteWriterProcess:
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> SqliteWriterProcess:
+        self._start()
+        return self
+
+    def _start(self) -> None:
+        self._failure = None
         self._child = subprocess.Popen(
             [sys.executable, "-m", "app.sqlite_writer", self.path],
             stdin=subprocess.PIPE,
@@ -88,7 +93,15 @@ class SqliteWriterProcess:
         _widen(self._child.stdin)
         self._reader = threading.Thread(target=self._read_results, name="billing-mirror-writer-results")
         self._reader.start()
-        return self
+
+    def restart(self) -> None:
+        """Start a new child if this one ended (several callers may ask: one restart happens)."""
+        with self._lock:
+            if self._failure is None:
+                return  # alive, or already restarted by another caller
+            if self._reader is not None:
+                self._reader.join()  # it has recorded the failure: it only has to return
+            self._start()
 
     def __exit__(self, *exc_info: object) -> None:
         """Let the child finish what was sent, then wait for it to end."""

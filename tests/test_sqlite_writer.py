@@ -1,0 +1,163 @@
+"""The SQLite writer process: a real child process on a real file, and its background checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from app.apply import DatabaseUnavailable, IngestResult
+from app.db import make_engine
+from app.dispatch import plan_event
+from app.envelope import Event
+from app.ingest import WriterProcessStore
+from app.sqlite_setup import BackgroundCheckpointer, configure_connection
+from app.sqlite_writer import CHUNK_EVENTS, SqliteWriterProcess, WriterProcessError
+from tests.test_ingest_batch import fails_for, item_event, items, stored
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path, sqlite_template: Path) -> Path:
+    path = tmp_path / "mirror.db"
+    shutil.copyfile(sqlite_template, path)
+    return path
+
+
+@pytest.fixture
+def file_engine(sqlite_file: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{sqlite_file}")
+    yield engine
+    engine.dispose()
+
+
+def events(prefix: str, count: int) -> list[Event]:
+    return [item_event(f"ii_{prefix}_{n}", 100 + n, event_id=f"evt_{prefix}_{n}") for n in range(count)]
+
+
+def test_a_batch_larger_than_a_chunk_is_one_transaction_answered_after_its_commit(
+    file_engine: Engine, sqlite_file: Path
+) -> None:
+    batch = events("big", CHUNK_EVENTS * 2 + 7)
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        results = WriterProcessStore(file_engine, writer).ingest(batch)
+        assert writer.commits == 1
+        # The future resolved only after COMMIT: another connection sees every row already.
+        assert len(stored(file_engine)) == len(batch)
+    assert [(r.event_id, r.outcome, r.duplicate) for r in results] == [
+        (event.id, "applied", False) for event in batch
+    ]
+
+
+def test_batches_from_several_threads_get_their_own_results(file_engine: Engine, sqlite_file: Path) -> None:
+    batches = [events(f"t{n}", 30 + n) for n in range(12)]
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        store = WriterProcessStore(file_engine, writer)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(store.ingest, batches))
+    for batch, results in zip(batches, answers, strict=True):
+        assert [r.event_id for r in results if isinstance(r, IngestResult)] == [e.id for e in batch]
+    assert len(items(file_engine)) == sum(len(batch) for batch in batches)
+
+
+def test_a_handler_failure_in_the_planner_is_stored_as_failed_by_the_writer(
+    file_engine: Engine, sqlite_file: Path
+) -> None:
+    batch = events("bug", 3)
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        results = WriterProcessStore(file_engine, writer, apply=fails_for("evt_bug_1")).ingest(batch)
+    assert [r.outcome for r in results] == ["applied", "failed", "applied"]
+    assert "handler bug on evt_bug_1" in (stored(file_engine)["evt_bug_1"][2] or "")
+    assert set(items(file_engine)) == {"ii_bug_0", "ii_bug_2"}
+
+
+def test_a_writer_that_dies_fails_its_batches_and_is_replaced(file_engine: Engine, sqlite_file: Path) -> None:
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        store = WriterProcessStore(file_engine, writer)
+        store.ingest(events("before", 2))
+        child = writer._require_child()
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        with pytest.raises(WriterProcessError, match="exit status -9"):
+            writer.submit([], None, keep_order=False).result(timeout=10)
+        # The store answers the batch as unavailable (a receiver says 503) and starts a new child.
+        lost = store.ingest(events("during", 2))
+        assert all(isinstance(result, DatabaseUnavailable) for result in lost)
+        after = store.ingest(events("during", 2))
+        assert [r.outcome for r in after if isinstance(r, IngestResult)] == ["applied", "applied"]
+        assert writer._require_child().pid != child.pid
+    assert set(stored(file_engine)) == {"evt_before_0", "evt_before_1", "evt_during_0", "evt_during_1"}
+
+
+def test_a_database_that_cannot_be_opened_is_unavailable_until_it_can(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    folder = tmp_path / "not-yet"
+    path = folder / "mirror.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with SqliteWriterProcess(str(path)) as writer:
+            store = WriterProcessStore(engine, writer)
+            first = store.ingest(events("early", 1))
+            assert isinstance(first[0], DatabaseUnavailable)
+            folder.mkdir()
+            shutil.copyfile(sqlite_template, path)
+            later = store.ingest(events("early", 1))
+            assert [(r.outcome, r.duplicate) for r in later if isinstance(r, IngestResult)] == [
+                ("applied", False)
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_the_writer_connection_is_set_up_like_every_other(file_engine: Engine, sqlite_file: Path) -> None:
+    """A replay and a receiver must agree on durability: the child syncs every commit too."""
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        WriterProcessStore(file_engine, writer).ingest(events("mode", 1))
+    with file_engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_background_checkpoints_copy_the_wal_into_the_database_file(sqlite_file: Path) -> None:
+    connection = sqlite3.connect(sqlite_file, isolation_level=None)
+    configure_connection(connection, autocheckpoint=0)
+    checkpointer = BackgroundCheckpointer(str(sqlite_file), interval=0.01)
+    checkpointer.start()
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(
+            "INSERT INTO invoice_line_sets (invoice, last_event_id, last_event_created, version_precedence,"
+            " version_tiebreak) VALUES (?, 'evt', 1, 0, 0)",
+            [(f"in_{n}",) for n in range(2000)],
+        )
+        connection.execute("COMMIT")
+        checkpointer.committed()
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        checkpointer.stop()
+    assert checkpointer.checkpoints >= 1
+    # Nothing is left to copy: every frame of the WAL is already in the database file.
+    _busy, log_frames, checkpointed = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    connection.close()
+    assert log_frames > 0 and checkpointed == log_frames
+
+
+def test_plans_are_plain_data(file_engine: Engine) -> None:
+    """What crosses the pipe: SQL text and driver values, nothing that needs the planning process."""
+    (event,) = events("data", 1)
+    planned = plan_event(event, file_engine.dialect)
+    assert planned.writes
+    for sql, params, many in planned.writes:
+        assert isinstance(sql, str) and many is False
+        assert all(value is None or type(value) in (str, int, float, bool) for value in params)
+    assert pickle.loads(pickle.dumps(planned)) == planned
