@@ -14,7 +14,7 @@ The child imports the standard library and app.apply only, so it starts in a few
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import os
 import pickle
 import queue
 import sqlite3
@@ -53,9 +53,21 @@ class WriterProcessError(RuntimeError):
 
 
 def _widen(pipe: IO[bytes] | None) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: the default pipe size will do
+        return
     if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
         with contextlib.suppress(OSError):
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment, with the folder holding the ``app`` package first on the path,
+    so the child imports the same code wherever this process was started from."""
+    source_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": source_root + (os.pathsep + path if path else "")}
 
 
 class SqliteWriterProcess:
@@ -86,6 +98,7 @@ class SqliteWriterProcess:
             [sys.executable, "-m", "app.sqlite_writer", self.path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=_child_environment(),
             # Not in the terminal's process group: Ctrl-C stops the parent, which then lets the
             # child finish the batches already sent (closing its stdin) instead of killing it mid-way.
             start_new_session=True,
