@@ -29,7 +29,7 @@ RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
 MAX_ERROR_CHARS = 4000
 _LOOKUP_CHUNK = 5000
 
-# stripe_events columns: the first nine come planned with the event, the others are decided here.
+# stripe_events columns: the first ten come planned with the event, the others are decided here.
 EVENT_COLUMNS = (
     "id",
     "type",
@@ -47,6 +47,7 @@ EVENT_COLUMNS = (
     "error",
 )
 OBJECT_ID = EVENT_COLUMNS.index("object_id")
+RECEIVED_AT = EVENT_COLUMNS.index("received_at")
 
 
 # Named tuples, not dataclasses: thousands cross the pipe to the writer process per batch, and a
@@ -55,7 +56,7 @@ class PlannedEvent(NamedTuple):
     """An event ready to store and apply."""
 
     id: str
-    row: tuple[Any, ...]  # the first nine EVENT_COLUMNS, ready for the driver
+    row: tuple[Any, ...]  # the first ten EVENT_COLUMNS (up to received_at), ready for the driver
     writes: list[Write]  # none: nothing of this event is mirrored (ignored)
     error: str | None = None  # its handler raised while planning: stored as failed
 
@@ -139,7 +140,7 @@ def _outcome_of(changed: int, planned: PlannedEvent) -> Outcome:
 
 
 def apply_optimistically(
-    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int], received: Any
+    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int]
 ) -> list[IngestResult]:
     """The whole batch without savepoints, in a handful of statements.
 
@@ -183,9 +184,9 @@ def apply_optimistically(
                 raise RedoCarefully(event_id) from exc
         outcome_of_id[event_id] = outcome
         results[index] = IngestResult(event_id, outcome, error=planned.error)
-        processed = None if outcome == Outcome.FAILED else received
+        processed = None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
         if known is None:
-            new_rows.append((*planned.row, received, processed, outcome.value, 1, planned.error))
+            new_rows.append((*planned.row, processed, outcome.value, 1, planned.error))
         else:
             reapplied.append((outcome.value, planned.error, processed, known[1] + 1, event_id))
     if new_rows:
@@ -198,11 +199,11 @@ def apply_optimistically(
     return [result for result in results if result is not None]
 
 
-def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent, received: Any) -> IngestResult:
+def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent) -> IngestResult:
     """One event, its writes in a savepoint: a failing write is recorded without undoing the rest of
     the transaction. The event row is stored first, which on PostgreSQL makes a concurrent receiver
     of the same event wait for this transaction instead of applying it too."""
-    stored_row = (*planned.row, received, None, Outcome.FAILED.value, 1, None)
+    stored_row = (*planned.row, None, Outcome.FAILED.value, 1, None)
     inserted = driver.execute(sql.store, stored_row).rowcount
     attempts = 1
     if not inserted:
@@ -223,7 +224,7 @@ def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent, received:
             driver.execute("ROLLBACK TO SAVEPOINT apply_event")
             error = describe(exc)
         driver.execute("RELEASE SAVEPOINT apply_event")
-    processed = None if outcome == Outcome.FAILED else received
+    processed = None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
     driver.execute(sql.record, (outcome.value, error, processed, attempts, planned.id))
     return IngestResult(planned.id, outcome, error=error)
 
@@ -244,7 +245,6 @@ def apply_batch(
     transaction: Transaction,
     sql: EventSql,
     events: Sequence[PlannedEvent],
-    received: Any,
     *,
     keep_order: bool = False,
 ) -> list[IngestResult]:
@@ -255,13 +255,13 @@ def apply_batch(
     order = apply_order(events, keep_order)
     try:
         with transaction() as driver:
-            return apply_optimistically(driver, sql, events, order, received)
+            return apply_optimistically(driver, sql, events, order)
     except RedoCarefully:
         pass
     results: list[IngestResult | None] = [None] * len(events)
     with transaction() as driver:
         for index in order:
-            results[index] = apply_carefully(driver, sql, events[index], received)
+            results[index] = apply_carefully(driver, sql, events[index])
     return [result for result in results if result is not None]
 
 
@@ -269,29 +269,28 @@ def apply_with_recovery(
     transaction: Transaction,
     sql: EventSql,
     events: Sequence[PlannedEvent],
-    received: Any,
     *,
     keep_order: bool = False,
 ) -> list[IngestResult | DatabaseUnavailable]:
     """``apply_batch``; a batch hit by a deadlock or a lost connection is redone one event per
     transaction, each retried with back-off before it is reported unavailable."""
     try:
-        return list(apply_batch(transaction, sql, events, received, keep_order=keep_order))
+        return list(apply_batch(transaction, sql, events, keep_order=keep_order))
     except Exception as exc:
         if not is_infrastructure_error(exc):
             raise
-    return [_apply_one_with_retries(transaction, sql, event, received) for event in events]
+    return [_apply_one_with_retries(transaction, sql, event) for event in events]
 
 
 def _apply_one_with_retries(
-    transaction: Transaction, sql: EventSql, event: PlannedEvent, received: Any
+    transaction: Transaction, sql: EventSql, event: PlannedEvent
 ) -> IngestResult | DatabaseUnavailable:
     last: Exception | None = None
     for delay in (0.0, *RETRY_DELAYS):
         if delay:
             time.sleep(delay)
         try:
-            return apply_batch(transaction, sql, [event], received)[0]
+            return apply_batch(transaction, sql, [event])[0]
         except Exception as exc:
             if not is_infrastructure_error(exc):
                 raise

@@ -30,8 +30,9 @@ def apply_event(writes: Writes, event: Event) -> None:
         handler(writes, obj, source)
 
 
-def event_row(event: Event) -> tuple[Any, ...]:
-    """The planned part of the stripe_events row (app.apply.EVENT_COLUMNS), the raw body kept exact."""
+def event_row(event: Event, received: Any) -> tuple[Any, ...]:
+    """The planned part of the stripe_events row (app.apply.EVENT_COLUMNS), the raw body kept exact;
+    ``received`` is the receipt time as the driver stores it."""
     return (
         event.id,
         event.type,
@@ -42,15 +43,16 @@ def event_row(event: Event) -> tuple[Any, ...]:
         event.thin,
         event.object_id,
         event.raw,
+        received,
     )
 
 
-def plan_event(event: Event, dialect: Dialect, apply: Apply = apply_event) -> PlannedEvent:
+def plan_event(event: Event, dialect: Dialect, received: Any, apply: Apply = apply_event) -> PlannedEvent:
     """``event`` ready for app.apply. A handler that raises plans nothing: the event will be stored
     as failed with the error, and a later delivery of it tries again."""
     writes = Writes(dialect)
     try:
         apply(writes, event)
     except Exception as exc:
-        return PlannedEvent(event.id, event_row(event), [], error=describe(exc))
-    return PlannedEvent(event.id, event_row(event), writes.planned)
+        return PlannedEvent(event.id, event_row(event, received), [], error=describe(exc))
+    return PlannedEvent(event.id, event_row(event, received), writes.planned)

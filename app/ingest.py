@@ -78,21 +78,16 @@ class EventStore:
 
     def plan(self, events: Sequence[Event]) -> list[PlannedEvent]:
         dialect = self.engine.dialect
-        return [plan_event(event, dialect, self.apply) for event in events]
+        received = received_now(dialect)
+        return [plan_event(event, dialect, received, self.apply) for event in events]
 
     def ingest(
         self, events: Sequence[Event], *, keep_order: bool = False
     ) -> list[IngestResult | DatabaseUnavailable]:
         """Ingest with recovery: a batch hit by a deadlock or a lost connection is redone one event
         per transaction, each retried with back-off before it is reported unavailable."""
-        dialect = self.engine.dialect
-        return apply_with_recovery(
-            self._transaction,
-            statements_for(dialect),
-            self.plan(events),
-            received_now(dialect),
-            keep_order=keep_order,
-        )
+        sql = statements_for(self.engine.dialect)
+        return apply_with_recovery(self._transaction, sql, self.plan(events), keep_order=keep_order)
 
     def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
         """Each batch in its own transaction, its events applied in the order given (a replay)."""
@@ -113,8 +108,9 @@ class WriterProcessStore:
         self.apply = apply
 
     def _submit(self, events: Sequence[Event], keep_order: bool) -> Future[Results]:
-        planned = [plan_event(event, self.dialect, self.apply) for event in events]
-        return self.writer.submit(planned, received_now(self.dialect), keep_order=keep_order)
+        received = received_now(self.dialect)
+        planned = [plan_event(event, self.dialect, received, self.apply) for event in events]
+        return self.writer.submit(planned, keep_order=keep_order)
 
     def _results(self, future: Future[Results], count: int) -> Results:
         """The outcomes of a batch; if the writer process died meanwhile, it is restarted and the

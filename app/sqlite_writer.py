@@ -38,10 +38,13 @@ from app.apply import (
 from app.sqlite_setup import BackgroundCheckpointer, configure_connection
 
 Results = list[IngestResult | DatabaseUnavailable]
-# A batch crosses the pipe in chunks: (planned events, received_at as the driver stores it, keep the
-# given order?, last chunk of the batch?). Small writes keep both sides moving: the child unpickles
-# one chunk while the parent plans the next.
-Chunk = tuple[Sequence[PlannedEvent], Any, bool, bool]
+# A batch crosses the pipe in chunks: (planned events, keep the given order?, last chunk of the
+# batch?). Small writes keep both sides moving: the child unpickles one chunk while the parent plans
+# the next.
+Chunk = tuple[Sequence[PlannedEvent], bool, bool]
+# Batches that queued up while the child was writing are applied in one transaction, up to this many
+# events: a busy writer commits less often, and each commit writes fewer pages per event.
+MERGED_EVENTS = 10_000
 CHUNK_EVENTS = 200
 PIPE_BYTES = 1 << 20  # Linux lets a pipe hold 1 MiB (64 KiB by default): fewer waits on either side
 MMAP_BYTES = 1 << 30
@@ -132,7 +135,7 @@ class SqliteWriterProcess:
             raise RuntimeError("SqliteWriterProcess is not started: use it in a with block")
         return self._child
 
-    def submit(self, events: Sequence[PlannedEvent], received: Any, *, keep_order: bool) -> Future[Results]:
+    def submit(self, events: Sequence[PlannedEvent], *, keep_order: bool) -> Future[Results]:
         pipe = self._require_child().stdin
         assert pipe is not None
         future: Future[Results] = Future()
@@ -145,7 +148,7 @@ class SqliteWriterProcess:
             try:
                 for start in range(0, max(len(events), 1), CHUNK_EVENTS):
                     last = start + CHUNK_EVENTS >= len(events)
-                    chunk: Chunk = (events[start : start + CHUNK_EVENTS], received, keep_order, last)
+                    chunk: Chunk = (events[start : start + CHUNK_EVENTS], keep_order, last)
                     pipe.write(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
                 pipe.flush()
             except BrokenPipeError:
@@ -226,21 +229,56 @@ class _Transactions:
         self.checkpointer.committed()
 
 
-def _read_batches(requests: IO[bytes], batches: queue.SimpleQueue[Any]) -> None:
+Batch = tuple[list[PlannedEvent], bool]
+
+
+def _read_batches(requests: IO[bytes], batches: queue.SimpleQueue[Batch | None]) -> None:
     """Unpickle chunks as they arrive (with the GIL, but while the main thread waits on SQLite) and
     hand over whole batches."""
     events: list[PlannedEvent] = []
     try:
         while (chunk := pickle.load(requests)) is not _DONE:
-            part, received, keep_order, last = chunk
+            part, keep_order, last = chunk
             events.extend(part)
             if last:
-                batches.put((events, received, keep_order))
+                batches.put((events, keep_order))
                 events = []
     except EOFError:  # the parent went away without saying goodbye: finish what is complete
         pass
     finally:
         batches.put(_DONE)
+
+
+class _Inbox:
+    """The batches read so far; ``take`` returns the oldest together with those queued behind it
+    that can share its transaction (same ordering rule, at most MERGED_EVENTS events), in order."""
+
+    def __init__(self, batches: queue.SimpleQueue[Batch | None]) -> None:
+        self.batches = batches
+        self.held: Batch | None = None  # read, but for the next transaction
+        self.ended = False
+
+    def take(self) -> list[Batch]:
+        first = self.held if self.held is not None else (None if self.ended else self.batches.get())
+        self.held = None
+        if first is None:
+            self.ended = True
+            return []
+        group, size = [first], len(first[0])
+        while size < MERGED_EVENTS and not self.ended:
+            try:
+                following = self.batches.get_nowait()
+            except queue.Empty:
+                break
+            if following is None:
+                self.ended = True
+            elif following[1] != first[1]:
+                self.held = following
+                break
+            else:
+                group.append(following)
+                size += len(following[0])
+        return group
 
 
 def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
@@ -249,14 +287,19 @@ def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
     checkpointer.start()
     transaction = _Transactions(path, checkpointer)
     sql = event_sql("sqlite")
-    batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    batches: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
     reader = threading.Thread(target=_read_batches, args=(requests, batches), daemon=True)
     reader.start()
+    inbox = _Inbox(batches)
     try:
-        while (batch := batches.get()) is not _DONE:
-            events, received, keep_order = batch
-            results = apply_with_recovery(transaction, sql, events, received, keep_order=keep_order)
-            pickle.dump((results, transaction.commits), answers, protocol=pickle.HIGHEST_PROTOCOL)
+        while group := inbox.take():
+            events = [planned for batch_events, _ in group for planned in batch_events]
+            results = apply_with_recovery(transaction, sql, events, keep_order=group[0][1])
+            start = 0
+            for batch_events, _ in group:  # one answer per batch, in the order they were sent
+                answer = (results[start : start + len(batch_events)], transaction.commits)
+                pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+                start += len(batch_events)
             answers.flush()
     finally:
         checkpointer.stop()

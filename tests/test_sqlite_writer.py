@@ -68,6 +68,23 @@ def test_batches_from_several_threads_get_their_own_results(file_engine: Engine,
     assert len(items(file_engine)) == sum(len(batch) for batch in batches)
 
 
+def test_batches_queued_behind_a_busy_writer_share_one_transaction(
+    file_engine: Engine, sqlite_file: Path
+) -> None:
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        store = WriterProcessStore(file_engine, writer)
+        batches = [events("busy", 3000)] + [events(f"queued{n}", 5) for n in range(6)]
+        futures = [store._submit(batch, keep_order=False) for batch in batches]
+        answers = [future.result(timeout=60) for future in futures]
+        # The six small batches arrived while the big one was being written: far fewer commits.
+        assert writer.commits < len(batches) - 2
+    for batch, results in zip(batches, answers, strict=True):
+        assert [(r.event_id, r.outcome) for r in results if isinstance(r, IngestResult)] == [
+            (event.id, "applied") for event in batch
+        ]
+    assert len(stored(file_engine)) == sum(len(batch) for batch in batches)
+
+
 def test_a_handler_failure_in_the_planner_is_stored_as_failed_by_the_writer(
     file_engine: Engine, sqlite_file: Path
 ) -> None:
@@ -87,7 +104,7 @@ def test_a_writer_that_dies_fails_its_batches_and_is_replaced(file_engine: Engin
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
         with pytest.raises(WriterProcessError, match="exit status -9"):
-            writer.submit([], None, keep_order=False).result(timeout=10)
+            writer.submit([], keep_order=False).result(timeout=10)
         # The store answers the batch as unavailable (a receiver says 503) and starts a new child.
         lost = store.ingest(events("during", 2))
         assert all(isinstance(result, DatabaseUnavailable) for result in lost)
@@ -155,7 +172,7 @@ def test_background_checkpoints_copy_the_wal_into_the_database_file(sqlite_file:
 def test_plans_are_plain_data(file_engine: Engine) -> None:
     """What crosses the pipe: SQL text and driver values, nothing that needs the planning process."""
     (event,) = events("data", 1)
-    planned = plan_event(event, file_engine.dialect)
+    planned = plan_event(event, file_engine.dialect, "2026-11-23 12:00:00.000000")
     assert planned.writes
     for sql, params, many in planned.writes:
         assert isinstance(sql, str) and many is False
