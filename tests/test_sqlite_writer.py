@@ -7,6 +7,8 @@ import pickle
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -178,3 +180,13 @@ def test_plans_are_plain_data(file_engine: Engine) -> None:
         assert isinstance(sql, str) and many is False
         assert all(value is None or type(value) in (str, int, float, bool) for value in params)
     assert pickle.loads(pickle.dumps(planned)) == planned
+
+
+def test_the_writer_process_imports_no_sqlalchemy() -> None:
+    """It starts with each server and each replay: it must stay light to import."""
+    probe = (
+        "import sys, app.sqlite_writer;"
+        " print(sorted(m for m in ('sqlalchemy', 'sqlmodel') if m in sys.modules))"
+    )
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
