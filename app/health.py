@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+
+class CountsCommits(Protocol):
+    """What the health answer reads ``commits`` from: CommitCounter or SqliteWriterProcess."""
+
+    @property
+    def commits(self) -> int: ...
 
 
 async def healthz(request: Request) -> Response:

@@ -16,7 +16,7 @@ from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
 from app.db import CommitCounter, is_sqlite, make_engine, sqlite_path
 from app.errors import http_exception_handler
-from app.health import healthz
+from app.health import CountsCommits, healthz
 from app.ingest import EventStore, Ingests, WriterProcessStore
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.sqlite_writer import SqliteWriterProcess
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         resources = contextlib.ExitStack()
         path = sqlite_path(resolved.database_url)
         store: Ingests
+        commits_of: CountsCommits
         if path is not None:  # SQLite: the writing gets a process, and so a core, of its own
             writer = resources.enter_context(SqliteWriterProcess(path))
             store, writers, commits_of = WriterProcessStore(engine, writer), SQLITE_WRITERS, writer
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.engine = engine
         app.state.read_engine = read_engine
         app.state.committer = committer
-        app.state.commit_counter = commits_of  # anything with .commits
+        app.state.commit_counter = commits_of
         try:
             yield
         finally:
