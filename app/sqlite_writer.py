@@ -136,10 +136,12 @@ class SqliteWriterProcess:
         return self._child
 
     def submit(self, events: Sequence[PlannedEvent], *, keep_order: bool) -> Future[Results]:
-        pipe = self._require_child().stdin
-        assert pipe is not None
         future: Future[Results] = Future()
         with self._lock:
+            # The pipe is read under the lock: restart() may replace the child, and a batch written
+            # to the old one would leave its future among the new child's, answered by the wrong batch.
+            pipe = self._require_child().stdin
+            assert pipe is not None
             if self._failure is not None:
                 future.set_exception(self._failure)
                 return future
