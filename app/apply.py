@@ -133,6 +133,11 @@ class RedoCarefully(Exception):
     """The optimistic pass met a failing write or a concurrent writer: redo the batch carefully."""
 
 
+def _processed_at(outcome: Outcome, planned: PlannedEvent) -> Any:
+    """A failed event is not processed; any other was processed when it was received."""
+    return None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
+
+
 def _outcome_of(changed: int, planned: PlannedEvent) -> Outcome:
     if not planned.writes:
         return Outcome.IGNORED
@@ -184,7 +189,7 @@ def apply_optimistically(
                 raise RedoCarefully(event_id) from exc
         outcome_of_id[event_id] = outcome
         results[index] = IngestResult(event_id, outcome, error=planned.error)
-        processed = None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
+        processed = _processed_at(outcome, planned)
         if known is None:
             new_rows.append((*planned.row, processed, outcome.value, 1, planned.error))
         else:
@@ -224,8 +229,7 @@ def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent) -> Ingest
             driver.execute("ROLLBACK TO SAVEPOINT apply_event")
             error = describe(exc)
         driver.execute("RELEASE SAVEPOINT apply_event")
-    processed = None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
-    driver.execute(sql.record, (outcome.value, error, processed, attempts, planned.id))
+    driver.execute(sql.record, (outcome.value, error, _processed_at(outcome, planned), attempts, planned.id))
     return IngestResult(planned.id, outcome, error=error)
 
 

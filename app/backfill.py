@@ -81,14 +81,13 @@ def template_columns(obj: StripeObject) -> dict[str, Any]:
 
 def backfill_templates(session: Session, templates: Iterable[StripeObject]) -> int:
     """Upsert templates; returns how many rows changed (an older version than the mirror's is skipped)."""
-    changed = 0
+    writes = Writes(session.get_bind().dialect)
     for obj in templates:
         template_id, version = obj.get("id"), obj.get("version")
         if obj.get("object") != "invoice_rendering_template" or not isinstance(template_id, str):
             raise BackfillError(f"Not an invoice_rendering_template: {to_json_text(obj)[:120]}")
         if not isinstance(version, int):
             raise BackfillError(f"Template {template_id} has no integer version")
-        writes = Writes(session.get_bind().dialect)
         guarded_upsert(
             writes,
             InvoiceRenderingTemplate,
@@ -96,8 +95,7 @@ def backfill_templates(session: Session, templates: Iterable[StripeObject]) -> i
             template_columns(obj),
             Version(0, version, 0, BACKFILL_SOURCE),
         )
-        changed += execute_writes(driver_connection(session), writes.planned)
-    return changed
+    return execute_writes(driver_connection(session), writes.planned)
 
 
 @dataclass(frozen=True)

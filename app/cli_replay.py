@@ -127,9 +127,8 @@ def _replay_into_database(
     no_migrate: bool,
     tick: Callable[[int], None],
 ) -> ReplaySummary:
-    from app.db import make_engine, sqlite_path
-    from app.ingest import EventStore, WriterProcessStore
-    from app.sqlite_writer import SqliteWriterProcess
+    from app.db import make_engine
+    from app.ingest import event_store_for
 
     settings = Settings.from_env(database_url=database_url)
     if not no_migrate:
@@ -138,11 +137,7 @@ def _replay_into_database(
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        path = sqlite_path(settings.database_url)
-        if path is None:  # PostgreSQL does the writing in its own processes already
-            return replay_direct(items, EventStore(engine), batch_size=batch_size, on_progress=tick)
-        with SqliteWriterProcess(path) as writer:
-            store = WriterProcessStore(engine, writer)
+        with event_store_for(engine, settings.database_url) as store:
             return replay_direct(items, store, batch_size=batch_size, on_progress=tick)
     finally:
         engine.dispose()

@@ -8,7 +8,7 @@ written; storing and applying is app.apply, run on the DBAPI connection of a SQL
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from app.apply import (
     event_sql,
     is_infrastructure_error,
 )
+from app.db import sqlite_path
 from app.dispatch import Apply, apply_event, plan_event
 from app.driver_sql import driver_connection
 from app.envelope import Event
@@ -39,6 +40,7 @@ __all__ = [
     "EventStore",
     "IngestResult",
     "WriterProcessStore",
+    "event_store_for",
     "is_infrastructure_error",
 ]
 
@@ -56,10 +58,15 @@ def statements_for(dialect: Dialect) -> EventSql:
     return event_sql(dialect.name)
 
 
+@lru_cache(maxsize=8)
+def _received_at_to_driver(dialect: Dialect) -> Callable[[Any], Any] | None:
+    column_type = table_of(StripeEvent).c.received_at.type
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
+
+
 def received_now(dialect: Dialect) -> Any:
     """The current time as the driver stores stripe_events.received_at (a string on SQLite)."""
-    column_type = table_of(StripeEvent).c.received_at.type
-    to_driver = column_type.dialect_impl(dialect).bind_processor(dialect)
+    to_driver = _received_at_to_driver(dialect)
     now = datetime.now(UTC)
     return to_driver(now) if to_driver is not None else now
 
@@ -132,3 +139,17 @@ class WriterProcessStore:
                 yield self._results(*in_flight.popleft())
         while in_flight:
             yield self._results(*in_flight.popleft())
+
+
+@contextmanager
+def event_store_for(engine: Engine, database_url: str) -> Iterator[EventStore | WriterProcessStore]:
+    """The store a receiver or a replay writes through. On a SQLite file: a WriterProcessStore, whose
+    writer process is started here and stopped (after finishing what it was sent) on exit. Otherwise
+    (PostgreSQL, which writes in its own processes, or an in-memory SQLite database that only this
+    process can open): an EventStore."""
+    path = sqlite_path(database_url)
+    if path is None:
+        yield EventStore(engine)
+        return
+    with SqliteWriterProcess(path) as writer:
+        yield WriterProcessStore(engine, writer)

@@ -14,12 +14,11 @@ from starlette.routing import BaseRoute, Route
 from app.api.auth import HOW_TO_OPEN
 from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
-from app.db import CommitCounter, is_sqlite, make_engine, sqlite_path
+from app.db import CommitCounter, is_sqlite, make_engine
 from app.errors import http_exception_handler
 from app.health import CountsCommits, healthz
-from app.ingest import EventStore, Ingests, WriterProcessStore
+from app.ingest import WriterProcessStore, event_store_for
 from app.settings import HOW_TO_SET_SECRET, Settings
-from app.sqlite_writer import SqliteWriterProcess
 from app.webhook import receive_stripe_webhook
 
 logger = logging.getLogger("billing_mirror")
@@ -51,16 +50,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         engine = make_engine(resolved.database_url)
         read_engine = make_engine(resolved.database_url, for_writing=False)
         resources = contextlib.ExitStack()
-        path = sqlite_path(resolved.database_url)
-        store: Ingests
+        # On a SQLite file the writing gets a process, and so a core, of its own.
+        store = resources.enter_context(event_store_for(engine, resolved.database_url))
         commits_of: CountsCommits
-        if path is not None:  # SQLite: the writing gets a process, and so a core, of its own
-            writer = resources.enter_context(SqliteWriterProcess(path))
-            store, writers, commits_of = WriterProcessStore(engine, writer), SQLITE_WRITERS, writer
-        else:  # PostgreSQL (or an in-memory SQLite database, which only this process can open)
-            counter = CommitCounter(engine)
+        if isinstance(store, WriterProcessStore):
+            writers, commits_of = SQLITE_WRITERS, store.writer
+        else:
             writers = 1 if is_sqlite(resolved.database_url) else POSTGRES_WRITERS
-            store, commits_of = EventStore(engine), counter
+            commits_of = CommitCounter(engine)
         committer = GroupCommitter(store, max_batch=resolved.max_batch_size, writers=writers)
         committer.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's
