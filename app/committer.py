@@ -17,7 +17,7 @@ import contextlib
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.envelope import Event
 from app.ingest import IngestResult, Ingests
@@ -49,6 +49,14 @@ class WriterStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+class Committer(Protocol):
+    """What the webhook endpoint hands events to: GroupCommitter, or SqliteCommitter on a SQLite file."""
+
+    stats: WriterStats
+
+    async def submit(self, event: Event) -> IngestResult: ...
 
 
 class GroupCommitter:

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 
 class CountsCommits(Protocol):
-    """What the health answer reads ``commits`` from: CommitCounter or SqliteWriterProcess."""
+    """What the health answer reads ``commits`` from: CommitCounter or SqliteCommitter."""
 
     @property
     def commits(self) -> int: ...

@@ -14,19 +14,18 @@ from starlette.routing import BaseRoute, Route
 from app.api.auth import HOW_TO_OPEN
 from app.api.endpoints import api_routes
 from app.committer import GroupCommitter
-from app.db import CommitCounter, is_sqlite, make_engine
+from app.db import CommitCounter, is_sqlite, make_engine, sqlite_path
 from app.errors import http_exception_handler
-from app.health import CountsCommits, healthz
-from app.ingest import WriterProcessStore, event_store_for
+from app.health import healthz
+from app.ingest import EventStore
 from app.settings import HOW_TO_SET_SECRET, Settings
+from app.sqlite_committer import SqliteCommitter
 from app.webhook import receive_stripe_webhook
 
 logger = logging.getLogger("billing_mirror")
 
-# Writer threads per process. On SQLite the writing happens in a SqliteWriterProcess, which takes
-# one batch at a time: two threads let one batch be planned while the other is written. On PostgreSQL
-# a few overlap their round trips (each holds one pooled connection of the 10).
-SQLITE_WRITERS = 2
+# Writer threads per process on PostgreSQL: a few overlap their round trips (each holds one pooled
+# connection of the 10). A SQLite file needs none: its SqliteCommitter works on the event loop.
 POSTGRES_WRITERS = 4
 
 
@@ -49,17 +48,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.warning(HOW_TO_OPEN)
         engine = make_engine(resolved.database_url)
         read_engine = make_engine(resolved.database_url, for_writing=False)
-        resources = contextlib.ExitStack()
-        # On a SQLite file the writing gets a process, and so a core, of its own.
-        store = resources.enter_context(event_store_for(engine, resolved.database_url))
-        commits_of: CountsCommits
-        if isinstance(store, WriterProcessStore):
-            writers, commits_of = SQLITE_WRITERS, store.writer
+        path = sqlite_path(resolved.database_url)
+        committer: SqliteCommitter | GroupCommitter
+        if path is not None:
+            # On a SQLite file the writing gets a process, and so a core, of its own.
+            committer = SqliteCommitter(path, engine.dialect, max_batch=resolved.max_batch_size)
+            await committer.start()
+            app.state.commit_counter = committer
         else:
+            # PostgreSQL writes in its own processes; an in-memory SQLite database only this process
+            # can open.
             writers = 1 if is_sqlite(resolved.database_url) else POSTGRES_WRITERS
-            commits_of = CommitCounter(engine)
-        committer = GroupCommitter(store, max_batch=resolved.max_batch_size, writers=writers)
-        committer.start()
+            committer = GroupCommitter(EventStore(engine), max_batch=resolved.max_batch_size, writers=writers)
+            committer.start()
+            app.state.commit_counter = CommitCounter(engine)
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's
         # scans, which otherwise walk every module and compiled statement many times a second.
         gc.collect()
@@ -67,12 +69,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.engine = engine
         app.state.read_engine = read_engine
         app.state.committer = committer
-        app.state.commit_counter = commits_of
         try:
             yield
         finally:
-            committer.stop()  # answers every event already received
-            resources.close()
+            # Answers every event already received.
+            if isinstance(committer, SqliteCommitter):
+                await committer.stop()
+            else:
+                committer.stop()
             engine.dispose()
             read_engine.dispose()
 

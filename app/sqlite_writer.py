@@ -14,10 +14,13 @@ The child imports the standard library and app.apply only, so it starts in a few
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import os
 import pickle
 import queue
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -48,14 +51,50 @@ MERGED_EVENTS = 10_000
 CHUNK_EVENTS = 200
 PIPE_BYTES = 1 << 20  # Linux lets a pipe hold 1 MiB (64 KiB by default): fewer waits on either side
 MMAP_BYTES = 1 << 30
+# The writer checkpoints (PASSIVE) whenever a commit leaves this many frames in the WAL, so that the
+# next transaction starts the WAL over. A WAL that only grows costs far more than the copying: every
+# frame appended past its end makes the kernel allocate and zero new file pages (half the writer's
+# time under webhook load), whereas a WAL that restarts rewrites pages already in the page cache.
+# The background checkpointer copies most frames beforehand, on another thread.
+WAL_RESTART_FRAMES = 4000
+GC_EVERY_TRANSACTIONS = 100
 _DONE = None
+# Answers travel as frames (length, then pickle) so that an event loop can read them without blocking.
+FRAME_HEADER = struct.Struct("!I")
 
 
-class WriterProcessError(RuntimeError):
-    """The writer process ended or failed; what it reported is in the message."""
+def frame(value: Any) -> bytes:
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME_HEADER.pack(len(payload)) + payload
 
 
-def _widen(pipe: IO[bytes] | None) -> None:
+def read_frame(stream: IO[bytes]) -> Any:
+    """The next framed value of ``stream``; EOFError at its end (or in the middle of a frame)."""
+    header = stream.read(FRAME_HEADER.size)
+    if len(header) < FRAME_HEADER.size:
+        raise EOFError
+    (size,) = FRAME_HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError
+    return pickle.loads(payload)
+
+
+def encode_batch(events: Sequence[PlannedEvent], keep_order: bool) -> list[bytes]:
+    """A batch as the child reads it: pickled chunks of at most CHUNK_EVENTS events, the last marked."""
+    chunks = []
+    for start in range(0, max(len(events), 1), CHUNK_EVENTS):
+        last = start + CHUNK_EVENTS >= len(events)
+        chunk: Chunk = (events[start : start + CHUNK_EVENTS], keep_order, last)
+        chunks.append(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+    return chunks
+
+
+def child_command(path: str) -> list[str]:
+    return [sys.executable, "-m", "app.sqlite_writer", path]
+
+
+def widen_pipe(pipe: IO[bytes] | None) -> None:
     try:
         import fcntl
     except ImportError:  # not a POSIX system: the default pipe size will do
@@ -65,7 +104,11 @@ def _widen(pipe: IO[bytes] | None) -> None:
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def _child_environment() -> dict[str, str]:
+class WriterProcessError(RuntimeError):
+    """The writer process ended or failed; what it reported is in the message."""
+
+
+def child_environment() -> dict[str, str]:
     """This process's environment, with the folder holding the ``app`` package first on the path,
     so the child imports the same code wherever this process was started from."""
     source_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,15 +141,15 @@ class SqliteWriterProcess:
     def _start(self) -> None:
         self._failure = None
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "app.sqlite_writer", self.path],
+            child_command(self.path),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=_child_environment(),
+            env=child_environment(),
             # Not in the terminal's process group: Ctrl-C stops the parent, which then lets the
             # child finish the batches already sent (closing its stdin) instead of killing it mid-way.
             start_new_session=True,
         )
-        _widen(self._child.stdin)
+        widen_pipe(self._child.stdin)
         self._reader = threading.Thread(target=self._read_results, name="billing-mirror-writer-results")
         self._reader.start()
 
@@ -148,10 +191,8 @@ class SqliteWriterProcess:
             # Pending before the first byte is sent: the answer may come back before write() returns.
             self._pending.append(future)
             try:
-                for start in range(0, max(len(events), 1), CHUNK_EVENTS):
-                    last = start + CHUNK_EVENTS >= len(events)
-                    chunk: Chunk = (events[start : start + CHUNK_EVENTS], keep_order, last)
-                    pipe.write(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                for chunk in encode_batch(events, keep_order):
+                    pipe.write(chunk)
                 pipe.flush()
             except BrokenPipeError:
                 pass  # the child ended: the results reader fails every pending future, this one too
@@ -164,7 +205,7 @@ class SqliteWriterProcess:
         try:
             while True:
                 try:
-                    results, commits = pickle.load(child.stdout)
+                    results, commits = read_frame(child.stdout)
                 except EOFError:
                     break
                 self.commits = commits
@@ -198,7 +239,7 @@ class _Transactions:
         if self._connection is None:
             connection = sqlite3.connect(self.path, isolation_level=None)
             try:
-                configure_connection(connection, autocheckpoint=0)
+                configure_connection(connection, autocheckpoint=4000)
                 # Index pages read through a memory map, not one read() each: at a few hundred
                 # thousand events the writer otherwise spends a third of its time in those calls.
                 connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
@@ -294,19 +335,31 @@ def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
     reader.start()
     inbox = _Inbox(batches)
     try:
-        while group := inbox.take():
+        for number in itertools.count(1):
+            if not (group := inbox.take()):
+                break
             events = [planned for batch_events, _ in group for planned in batch_events]
             results = apply_with_recovery(transaction, sql, events, keep_order=group[0][1])
             start = 0
             for batch_events, _ in group:  # one answer per batch, in the order they were sent
-                answer = (results[start : start + len(batch_events)], transaction.commits)
-                pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+                answers.write(frame((results[start : start + len(batch_events)], transaction.commits)))
                 start += len(batch_events)
             answers.flush()
+            if number % GC_EVERY_TRANSACTIONS == 0:
+                gc.collect()  # the rare cycles (an exception and its traceback) with the GC paused
     finally:
         checkpointer.stop()
         transaction.close()
 
 
+def _pause_cyclic_gc() -> None:
+    """Plans are trees of tuples, lists and strings, freed by reference counting; but a merged batch
+    holds hundreds of thousands of them, which the automatic collector would keep traversing."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
 if __name__ == "__main__":
+    _pause_cyclic_gc()
     serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)

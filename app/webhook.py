@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from app.committer import GroupCommitter
+from app.committer import Committer
 from app.envelope import EnvelopeError, parse_event
 from app.errors import error_response
 from app.handlers.base import Outcome
@@ -76,7 +76,7 @@ class StripeWebhookEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
         settings: Settings = state.settings
-        committer: GroupCommitter = state.committer
+        committer: Committer = state.committer
         if not settings.webhook_secrets:
             return await error_response(503, "not_configured", HOW_TO_SET_SECRET)(scope, receive, send)
         declared, signature = header_values(scope)
