@@ -18,7 +18,7 @@ Apply = Callable[[Writes, Event], None]
 
 def apply_event(writes: Writes, event: Event) -> None:
     """Record the writes of ``event``'s handler; an event type without one records none (ignored)."""
-    source = Source(event_id=event.id, created=event.created, type=event.type)
+    source = Source(event.id, event.created, event.type)
     if event.thin:
         thin_handler = THIN_HANDLERS.get(event.type)
         if thin_handler is not None:

@@ -10,9 +10,8 @@ only ever turns on (with the earliest deleting event remembered).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Dialect, Table, and_, bindparam, case, delete, exists, or_, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,9 +25,9 @@ VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
 
 
-@dataclass(frozen=True, order=True)
-class Version:
-    """Total order of snapshots of one object; field order is comparison order."""
+class Version(NamedTuple):
+    """Total order of snapshots of one object; field order is comparison order (and the order of
+    VERSION_COLUMNS). A tuple: built for every row planned, and unpacked straight into its row."""
 
     precedence: int
     created: int
@@ -36,8 +35,7 @@ class Version:
     event_id: str
 
     def as_columns(self) -> dict[str, Any]:
-        values = (self.precedence, self.created, self.tiebreak, self.event_id)
-        return dict(zip(VERSION_COLUMNS, values, strict=True))
+        return dict(zip(VERSION_COLUMNS, self, strict=True))
 
 
 # A tombstone that arrives without a snapshot must not block the snapshot that comes later.
@@ -72,17 +70,17 @@ def guarded_upsert(
     of rows touched says whether the row was written: when the WHERE of DO UPDATE is false, none is.
     (No RETURNING: it makes each SQLite upsert three times slower.)
     """
-    table = table_of(model)
-    tombstoned = "deleted" in table.c
-    values: dict[str, Any] = {**key, **data, **version.as_columns()}
-    if tombstoned:
-        values["deleted"] = deleted_by is not None
-        values["deleted_by_event_id"] = deleted_by[0] if deleted_by else None
-        values["deleted_by_event_created"] = deleted_by[1] if deleted_by else None
-    elif deleted_by is not None:
-        raise ValueError(f"{table.name} has no tombstone columns")
-    prepared = _prepared_upsert(writes.dialect, table, tuple(key), tuple(values), tombstoned)
-    writes.add(prepared.sql, prepared.params(values))
+    if deleted_by is not None and "deleted" not in table_of(model).c:
+        raise ValueError(f"{table_of(model).name} has no tombstone columns")
+    prepared, tombstoned = _prepared_upsert(writes.dialect, model, tuple(key), tuple(data))
+    # The row ends with the version, then (_prepared_upsert says when) the tombstone columns.
+    if not tombstoned:
+        tail: tuple[Any, ...] = version
+    elif deleted_by is None:
+        tail = (*version, False, None, None)
+    else:
+        tail = (*version, True, deleted_by[0], deleted_by[1])
+    writes.add(prepared.sql, prepared.params(key, data, tail))
 
 
 def guarded_upsert_many(
@@ -96,25 +94,32 @@ def guarded_upsert_many(
     guarded INSERT .. ON CONFLICT."""
     if not rows:
         return
-    table = table_of(model)
-    if "deleted" in table.c:
-        raise ValueError(f"{table.name} has tombstone columns: use guarded_upsert")
-    version_columns = version.as_columns()
-    values = [{**key, **data, **version_columns} for key, data in rows]
-    shape = tuple(values[0])
-    if any(tuple(row) != shape for row in values):
-        raise ValueError("guarded_upsert_many needs rows with the same columns")
-    prepared = _prepared_upsert(writes.dialect, table, tuple(rows[0][0]), shape, False)
-    writes.add(prepared.sql, [prepared.params(row) for row in values], many=True)
+    key_names, data_names = tuple(rows[0][0]), tuple(rows[0][1])
+    prepared, tombstoned = _prepared_upsert(writes.dialect, model, key_names, data_names)
+    if tombstoned:
+        raise ValueError(f"{table_of(model).name} has tombstone columns: use guarded_upsert")
+    params = prepared.params
+    planned: list[Any] = []
+    for key, data in rows:
+        # The statement was chosen by the first row: every other one must have its shape.
+        if planned and (tuple(key) != key_names or tuple(data) != data_names):
+            raise ValueError("guarded_upsert_many needs rows with the same columns")
+        planned.append(params(key, data, version))
+    writes.add(prepared.sql, planned, many=True)
 
 
 @lru_cache(maxsize=256)
 def _prepared_upsert(
-    dialect: Dialect, table: Table, key: tuple[str, ...], columns: tuple[str, ...], tombstoned: bool
-) -> PreparedStatement:
-    """Built and compiled once per shape of upsert; runs on the driver connection (app.driver_sql)."""
+    dialect: Dialect, model: type[SQLModel], key: tuple[str, ...], data: tuple[str, ...]
+) -> tuple[PreparedStatement, bool]:
+    """Built and compiled once per shape of upsert; runs on the driver connection (app.driver_sql).
+    Also says whether the table has tombstone columns (they end every row, after the version)."""
+    table = table_of(model)
+    tombstoned = "deleted" in table.c
+    tail = VERSION_COLUMNS + (TOMBSTONE_COLUMNS if tombstoned else ())
+    columns = tuple(dict.fromkeys(key + data + tail))  # a name given twice is one column
     statement = _upsert_statement(dialect.name, table, key, columns, tombstoned)
-    return PreparedStatement(statement, columns, dialect)
+    return PreparedStatement(statement, dialect, key=key, data=data, tail=tail), tombstoned
 
 
 @lru_cache(maxsize=256)
@@ -165,16 +170,22 @@ def delete_superseded(
     remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
     are removed again, so the result does not depend on delivery order.
     """
-    child, marker = table_of(child_model), table_of(marker_model)
-    prepared = _superseded_statement(writes.dialect, child, child_parent_column, marker, marker_parent_column)
-    writes.add(prepared.sql, prepared.params({"parent_id": parent_id}))
+    prepared = _superseded_statement(
+        writes.dialect, child_model, child_parent_column, marker_model, marker_parent_column
+    )
+    writes.add(prepared.sql, prepared.params({}, {"parent_id": parent_id}, ()))
 
 
 @lru_cache(maxsize=64)
 def _superseded_statement(
-    dialect: Dialect, child: Table, child_parent_column: str, marker: Table, marker_parent_column: str
+    dialect: Dialect,
+    child_model: type[SQLModel],
+    child_parent_column: str,
+    marker_model: type[SQLModel],
+    marker_parent_column: str,
 ) -> PreparedStatement:
     """Built and compiled once per pair of tables; runs on the driver connection (app.driver_sql)."""
+    child, marker = table_of(child_model), table_of(marker_model)
     child_version = tuple_(*(child.c[name] for name in VERSION_COLUMNS))
     marker_version = tuple_(*(marker.c[name] for name in VERSION_COLUMNS))
     superseded = (
@@ -183,7 +194,7 @@ def _superseded_statement(
         .correlate(child)
     )
     statement = delete(child).where(child.c[child_parent_column] == bindparam("parent_id"), superseded)
-    return PreparedStatement(statement, ("parent_id",), dialect, values_clause=False)
+    return PreparedStatement(statement, dialect, data=("parent_id",), values_clause=False)
 
 
 def delete_unlisted(
@@ -199,7 +210,7 @@ def delete_unlisted(
     snapshot it is attributed to)."""
     table = table_of(model)
     stored = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
-    condition = and_(table.c[parent_column] == parent_id, stored <= tuple_(*version.as_columns().values()))
+    condition = and_(table.c[parent_column] == parent_id, stored <= tuple_(*version))
     if listed_ids:
         condition = and_(condition, table.c.id.not_in(list(listed_ids)))
     return int(session.execute(delete(table).where(condition)).rowcount or 0)  # type: ignore[attr-defined]

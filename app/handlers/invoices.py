@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.handlers.base import Source, StripeObject, count_set, dig, field_of, ref_id, to_json_text
+from app.handlers.base import Source, StripeObject, as_dict, count_set, ref_id, to_json_text
 from app.handlers.lines import write_lines
 from app.handlers.payments import upsert_invoice_payment
 from app.models import Invoice
@@ -43,17 +43,19 @@ STUB_KEYS = frozenset({"id", "object", "deleted"})
 def invoice_version(obj: StripeObject, source: Source) -> Version:
     status = obj.get("status")
     rank = STATUS_RANK.get(status, 0) if isinstance(status, str) else 0
-    return Version(
-        precedence=1 if status in TERMINAL_STATUSES else 0,
-        created=source.created,
-        tiebreak=rank * 8 + count_set(obj.get("status_transitions")),
-        event_id=source.event_id,
+    return Version(  # precedence, created, tiebreak, event_id (positional: built for every snapshot)
+        1 if status in TERMINAL_STATUSES else 0,
+        source.created,
+        rank * 8 + count_set(obj.get("status_transitions")),
+        source.event_id,
     )
 
 
 def invoice_columns(obj: StripeObject) -> dict[str, Any]:
     get = obj.get
     transitions = get("status_transitions")
+    stamps = as_dict(transitions)
+    parent = as_dict(get("parent"))
     lines = get("lines")
     return {
         "customer": ref_id(get("customer")),
@@ -62,10 +64,10 @@ def invoice_columns(obj: StripeObject) -> dict[str, Any]:
         "customer_name": get("customer_name"),
         "status": get("status"),
         "status_transitions": transitions,
-        "finalized_at": field_of(transitions, "finalized_at"),
-        "paid_at": field_of(transitions, "paid_at"),
-        "marked_uncollectible_at": field_of(transitions, "marked_uncollectible_at"),
-        "voided_at": field_of(transitions, "voided_at"),
+        "finalized_at": stamps.get("finalized_at"),
+        "paid_at": stamps.get("paid_at"),
+        "marked_uncollectible_at": stamps.get("marked_uncollectible_at"),
+        "voided_at": stamps.get("voided_at"),
         "amount_due": get("amount_due"),
         "amount_paid": get("amount_paid"),
         "amount_paid_off_stripe": get("amount_paid_off_stripe"),
@@ -81,10 +83,10 @@ def invoice_columns(obj: StripeObject) -> dict[str, Any]:
         "currency": get("currency"),
         "period_start": get("period_start"),
         "period_end": get("period_end"),
-        "parent_type": dig(obj, "parent", "type"),
+        "parent_type": parent.get("type"),
         # Since 2025-03-31.basil the subscription lives under parent, not at the top level.
-        "subscription": ref_id(dig(obj, "parent", "subscription_details", "subscription")),
-        "quote": dig(obj, "parent", "quote_details", "quote"),
+        "subscription": ref_id(as_dict(parent.get("subscription_details")).get("subscription")),
+        "quote": as_dict(parent.get("quote_details")).get("quote"),
         "number": get("number"),
         "billing_reason": get("billing_reason"),
         "collection_method": get("collection_method"),
@@ -99,7 +101,7 @@ def invoice_columns(obj: StripeObject) -> dict[str, Any]:
 
 
 def upsert_embedded_payments(writes: Writes, invoice: StripeObject, source: Source) -> None:
-    payments = dig(invoice, "payments", "data")
+    payments = as_dict(invoice.get("payments")).get("data")
     if isinstance(payments, list):
         for payment in payments:
             upsert_invoice_payment(writes, payment, source)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.handlers.base import Source, StripeObject, dig, ref_id, to_json_text
+from app.handlers.base import Source, StripeObject, as_dict, ref_id, to_json_text
 from app.models import InvoiceItem
 from app.upsert import NO_DATA, Version, guarded_upsert
 from app.writes import Writes
@@ -18,6 +18,9 @@ def item_columns(obj: StripeObject) -> dict[str, Any]:
     pricing = get("pricing") or {}
     period = get("period") or {}
     discounts = get("discounts")
+    # Read without raising: a parent or pricing that is not an object fails below, where it always did.
+    subscription = as_dict(as_dict(parent).get("subscription_details"))
+    price = as_dict(as_dict(pricing).get("price_details"))
     return {
         "amount": get("amount"),
         "currency": get("currency"),
@@ -32,13 +35,13 @@ def item_columns(obj: StripeObject) -> dict[str, Any]:
         "metadata": get("metadata"),
         "net_amount": get("net_amount"),
         "parent_type": parent.get("type"),
-        "subscription": ref_id(dig(parent, "subscription_details", "subscription")),
-        "subscription_item": dig(parent, "subscription_details", "subscription_item"),
+        "subscription": ref_id(subscription.get("subscription")),
+        "subscription_item": subscription.get("subscription_item"),
         "period_start": period.get("start"),
         "period_end": period.get("end"),
         "pricing_type": pricing.get("type"),
-        "price": ref_id(dig(pricing, "price_details", "price")),
-        "product": dig(pricing, "price_details", "product"),
+        "price": ref_id(price.get("price")),
+        "product": price.get("product"),
         "unit_amount_decimal": pricing.get("unit_amount_decimal"),
         "proration": get("proration"),
         "proration_details": get("proration_details"),

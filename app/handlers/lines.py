@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.handlers.base import StripeObject, dig, ref_id, to_json_text
+from app.handlers.base import StripeObject, as_dict, ref_id, to_json_text
 from app.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
 from app.upsert import Version, delete_superseded, guarded_upsert, guarded_upsert_many
 from app.writes import Writes
@@ -23,8 +23,8 @@ def line_parent_details(line: StripeObject) -> dict[str, Any]:
     parent = line.get("parent")
     if not isinstance(parent, dict):
         return {}
-    details = parent.get(parent.get("type")) if isinstance(parent.get("type"), str) else None
-    return details if isinstance(details, dict) else {}
+    kind = parent.get("type")
+    return as_dict(parent.get(kind)) if isinstance(kind, str) else {}
 
 
 def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str, Any]:
@@ -33,6 +33,7 @@ def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str
     pricing = get("pricing") or {}
     period = get("period") or {}
     discounts = get("discounts")
+    price = as_dict(as_dict(pricing).get("price_details"))  # a pricing that is not an object fails below
     return {
         "invoice": invoice_id,
         "position": position,
@@ -44,7 +45,7 @@ def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str
         "discounts": [ref_id(d) or d for d in discounts] if isinstance(discounts, list) else discounts,
         "livemode": get("livemode"),
         "metadata": get("metadata"),
-        "parent_type": dig(line, "parent", "type"),
+        "parent_type": as_dict(get("parent")).get("type"),
         "invoice_item": details.get("invoice_item"),
         "subscription_item": details.get("subscription_item"),
         "subscription": ref_id(details.get("subscription")) or ref_id(get("subscription")),
@@ -54,8 +55,8 @@ def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str
         "period_end": period.get("end"),
         "pretax_credit_amounts": get("pretax_credit_amounts"),
         "pricing_type": pricing.get("type"),
-        "price": ref_id(dig(pricing, "price_details", "price")),
-        "product": dig(pricing, "price_details", "product"),
+        "price": ref_id(price.get("price")),
+        "product": price.get("product"),
         "unit_amount_decimal": pricing.get("unit_amount_decimal"),
         "quantity": get("quantity"),
         "quantity_decimal": get("quantity_decimal"),

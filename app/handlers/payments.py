@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.handlers.base import Source, StripeObject, count_set, field_of, ref_id, to_json_text
+from app.handlers.base import Source, StripeObject, as_dict, count_set, ref_id, to_json_text
 from app.models import InvoicePayment
 from app.upsert import Version, guarded_upsert
 from app.writes import Writes
@@ -15,11 +15,11 @@ STATUS_RANK = {"open": 1, "paid": 2, "canceled": 2}
 def payment_version(obj: StripeObject, source: Source) -> Version:
     status = obj.get("status")
     transitions_set = count_set(obj.get("status_transitions"))
-    return Version(
-        precedence=1 if status in TERMINAL_STATUSES else 0,
-        created=source.created,
-        tiebreak=STATUS_RANK.get(status, 0) * 8 + transitions_set,  # type: ignore[arg-type]
-        event_id=source.event_id,
+    return Version(  # precedence, created, tiebreak, event_id (positional: built for every snapshot)
+        1 if status in TERMINAL_STATUSES else 0,
+        source.created,
+        STATUS_RANK.get(status, 0) * 8 + transitions_set,  # type: ignore[arg-type]
+        source.event_id,
     )
 
 
@@ -27,7 +27,7 @@ def payment_columns(obj: StripeObject) -> dict[str, object]:
     get = obj.get
     payment = get("payment") or {}
     payment_type = payment.get("type")
-    transitions = get("status_transitions")
+    stamps = as_dict(get("status_transitions"))
     return {
         "amount_paid": get("amount_paid"),
         "amount_requested": get("amount_requested"),
@@ -39,8 +39,8 @@ def payment_columns(obj: StripeObject) -> dict[str, object]:
         "payment_type": payment_type,
         "payment_id": ref_id(payment.get(payment_type)) if isinstance(payment_type, str) else None,
         "status": get("status"),
-        "paid_at": field_of(transitions, "paid_at"),
-        "canceled_at": field_of(transitions, "canceled_at"),
+        "paid_at": stamps.get("paid_at"),
+        "canceled_at": stamps.get("canceled_at"),
         "payload": to_json_text(obj),
     }
 
@@ -54,5 +54,5 @@ def upsert_invoice_payment(writes: Writes, obj: StripeObject, source: Source) ->
     )
 
 
-def handle_invoice_payment_paid(writes: Writes, obj: StripeObject, source: Source) -> None:
-    upsert_invoice_payment(writes, obj, source)
+# The event's object is the payment itself.
+handle_invoice_payment_paid = upsert_invoice_payment
