@@ -78,6 +78,9 @@ class BackgroundCheckpointer:
                 try:
                     if connection is None:
                         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                        # Sync the WAL before copying it and the database file after: the writer
+                        # restarts the WAL once a pass has copied everything.
+                        connection.execute("PRAGMA synchronous=FULL")
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
                 except sqlite3.Error:

@@ -7,7 +7,8 @@ plain data) over a pipe; the child stores and applies each batch in one transact
 the receiver's code (app.apply), commits, and sends the results back, while the parent is already
 planning the next batch. WAL checkpoints run on a third thread (BackgroundCheckpointer).
 
-Nothing is answered before its commit: the results of a batch arrive only after it committed.
+Nothing is answered before its commit is on disk: a batch's results leave only after the WAL
+holding its commit was synced (WalSyncer).
 The child imports the standard library and app.apply only, so it starts in a few milliseconds.
 """
 
@@ -51,12 +52,14 @@ MERGED_EVENTS = 10_000
 CHUNK_EVENTS = 200
 PIPE_BYTES = 1 << 20  # Linux lets a pipe hold 1 MiB (64 KiB by default): fewer waits on either side
 MMAP_BYTES = 1 << 30
-# The writer checkpoints (PASSIVE) whenever a commit leaves this many frames in the WAL, so that the
-# next transaction starts the WAL over. A WAL that only grows costs far more than the copying: every
-# frame appended past its end makes the kernel allocate and zero new file pages (half the writer's
-# time under webhook load), whereas a WAL that restarts rewrites pages already in the page cache.
-# The background checkpointer copies most frames beforehand, on another thread.
-WAL_RESTART_FRAMES = 4000
+# The WAL must start over now and then: a WAL that only grows costs far more than copying its
+# frames, since every frame appended past its end makes the kernel allocate and zero new file pages
+# (half the writer's time under webhook load), whereas a WAL that restarts rewrites pages already in
+# the page cache. SQLite restarts it when a write transaction begins after a checkpoint copied every
+# frame. So a background thread copies the frames every CHECKPOINT_PASS_SECONDS (off the write path,
+# on the other core), and after each of its passes the writer copies the few frames committed
+# meanwhile itself, between two transactions.
+CHECKPOINT_PASS_SECONDS = 0.1
 GC_EVERY_TRANSACTIONS = 100
 _DONE = None
 # Answers travel as frames (length, then pickle) so that an event loop can read them without blocking.
@@ -225,6 +228,12 @@ class SqliteWriterProcess:
 class _Transactions:
     """BEGIN IMMEDIATE .. COMMIT on the child's connection; each commit wakes the checkpointer.
 
+    Commits are not synced here (synchronous=NORMAL): the WalSyncer syncs the WAL, for every commit
+    made so far at once, before any of their answers leaves, while this connection already runs the
+    next transaction. NORMAL is SQLite's own setting for a WAL that is synced at checkpoints only: a
+    crash can lose the commits not synced yet (none of them was answered), never corrupt the file.
+    This connection never checkpoints on its own (autocheckpoint off): ``finish_checkpoint`` does.
+
     The connection is opened on first use and again after a database error, so a file that cannot
     be opened yet answers DatabaseUnavailable (app.apply retries, then reports it) instead of ending
     the process."""
@@ -234,12 +243,14 @@ class _Transactions:
         self.checkpointer = checkpointer
         self.commits = 0
         self._connection: sqlite3.Connection | None = None
+        self._passes_seen = 0
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(self.path, isolation_level=None)
             try:
-                configure_connection(connection, autocheckpoint=4000)
+                configure_connection(connection, autocheckpoint=0)
+                connection.execute("PRAGMA synchronous=NORMAL")
                 # Index pages read through a memory map, not one read() each: at a few hundred
                 # thousand events the writer otherwise spends a third of its time in those calls.
                 connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
@@ -248,6 +259,16 @@ class _Transactions:
                 raise
             self._connection = connection
         return self._connection
+
+    def finish_checkpoint(self) -> None:
+        """After a background pass, copy what was committed during it, so the next transaction
+        starts the WAL over. Best effort: a reader still on old frames only delays the restart."""
+        passes = self.checkpointer.checkpoints
+        if passes == self._passes_seen or self._connection is None:
+            return
+        self._passes_seen = passes
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         if self._connection is not None:
@@ -270,6 +291,83 @@ class _Transactions:
             raise
         self.commits += 1
         self.checkpointer.committed()
+
+
+class WalSyncer:
+    """Sends answers only after the WAL holding their commits is on disk, on a thread of its own.
+
+    ``answer`` is called right after a commit, in commit order. The thread takes every answer queued
+    so far, syncs the WAL once (fdatasync covers every commit written before it started) and only
+    then writes them out, in order. Meanwhile the writer is already running the next transaction,
+    so the disk's wait overlaps with the next batch instead of stopping the writer. A duplicate is
+    answered after a sync too, so it can never be acknowledged before the event it repeats is on disk.
+    """
+
+    def __init__(self, path: str, answers: IO[bytes]) -> None:
+        self.wal_path = path + "-wal"
+        self.answers = answers
+        self.syncs = 0
+        self.failure: OSError | None = None
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._fd: int | None = None
+        self._thread = threading.Thread(target=self._run, name="billing-mirror-wal-syncer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def answer(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise WriterProcessError(f"could not sync or send answers: {self.failure}")
+
+    def stop(self) -> None:
+        """Send what is queued (after its sync), then end."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _sync(self) -> None:
+        """fdatasync the WAL file SQLite is using now. Opened by path and checked against it each
+        time: if SQLite ever replaced the file, it did so after copying every frame into the
+        database file, so only the new one holds commits to sync."""
+        try:
+            current = os.stat(self.wal_path)
+        except FileNotFoundError:  # no WAL (yet): there is nothing unsynced to lose
+            return
+        if self._fd is not None:
+            mine = os.fstat(self._fd)
+            if (mine.st_dev, mine.st_ino) != (current.st_dev, current.st_ino):
+                os.close(self._fd)
+                self._fd = None
+        if self._fd is None:
+            self._fd = os.open(self.wal_path, os.O_RDONLY)
+        os.fdatasync(self._fd)
+        self.syncs += 1
+
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                taken = [first]
+                while not self._queue.empty():
+                    taken.append(self._queue.get_nowait())
+                pending = [data for data in taken if data is not None]
+                if pending:
+                    self._sync()
+                    for data in pending:
+                        self.answers.write(data)
+                    self.answers.flush()
+                if None in taken:
+                    return
+        except OSError as exc:
+            # A failed sync leaves nothing to answer truthfully, and a parent gone away reads
+            # nothing: the writer stops (see ``check``) and the parent answers what is pending
+            # unavailable.
+            self.failure = exc
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
 
 
 Batch = tuple[list[PlannedEvent], bool]
@@ -325,10 +423,13 @@ class _Inbox:
 
 
 def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The child side: apply every batch read from ``requests``; answer each after its commit."""
-    checkpointer = BackgroundCheckpointer(path)
+    """The child side: apply every batch read from ``requests``; answer each once its commit is on
+    disk."""
+    checkpointer = BackgroundCheckpointer(path, interval=CHECKPOINT_PASS_SECONDS)
     checkpointer.start()
     transaction = _Transactions(path, checkpointer)
+    syncer = WalSyncer(path, answers)
+    syncer.start()
     sql = event_sql("sqlite")
     batches: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
     reader = threading.Thread(target=_read_batches, args=(requests, batches), daemon=True)
@@ -342,12 +443,14 @@ def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
             results = apply_with_recovery(transaction, sql, events, keep_order=group[0][1])
             start = 0
             for batch_events, _ in group:  # one answer per batch, in the order they were sent
-                answers.write(frame((results[start : start + len(batch_events)], transaction.commits)))
+                syncer.answer(frame((results[start : start + len(batch_events)], transaction.commits)))
                 start += len(batch_events)
-            answers.flush()
+            syncer.check()
+            transaction.finish_checkpoint()
             if number % GC_EVERY_TRANSACTIONS == 0:
                 gc.collect()  # the rare cycles (an exception and its traceback) with the GC paused
     finally:
+        syncer.stop()
         checkpointer.stop()
         transaction.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -9,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ from app.dispatch import plan_event
 from app.envelope import Event
 from app.ingest import WriterProcessStore
 from app.sqlite_setup import BackgroundCheckpointer, configure_connection
-from app.sqlite_writer import CHUNK_EVENTS, SqliteWriterProcess, WriterProcessError
+from app.sqlite_writer import CHUNK_EVENTS, SqliteWriterProcess, WalSyncer, WriterProcessError
 from tests.test_ingest_batch import fails_for, item_event, items, stored
 
 
@@ -190,3 +192,76 @@ def test_the_writer_process_imports_no_sqlalchemy() -> None:
     )
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_answers_leave_only_after_the_wal_is_synced_and_queued_ones_share_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "mirror.db"
+    (tmp_path / "mirror.db-wal").write_bytes(b"frames")
+    sent = io.BytesIO()
+    syncing, release = threading.Event(), threading.Event()
+    seen_at_sync: list[bytes] = []
+    real_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        seen_at_sync.append(sent.getvalue())
+        syncing.set()
+        release.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    syncer = WalSyncer(str(database), sent)
+    syncer.start()
+    syncer.answer(b"first;")
+    assert syncing.wait(10)
+    for data in (b"second;", b"third;", b"fourth;"):  # committed while the first sync runs
+        syncer.answer(data)
+    time.sleep(0.05)
+    assert sent.getvalue() == b""  # nothing leaves before its sync returned
+    release.set()
+    syncer.stop()
+    assert sent.getvalue() == b"first;second;third;fourth;"
+    assert seen_at_sync == [b"", b"first;"]  # the three queued meanwhile shared the second sync
+    assert syncer.syncs == 2
+
+
+def test_the_syncer_follows_a_wal_file_that_was_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "mirror.db"
+    wal = tmp_path / "mirror.db-wal"
+    wal.write_bytes(b"old")
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    syncer = WalSyncer(str(database), io.BytesIO())
+    syncer._sync()
+    wal.unlink()
+    syncer._sync()  # no WAL at all: nothing to sync, nothing fails
+    wal.write_bytes(b"new")
+    syncer._sync()
+    assert synced == [synced[0], wal.stat().st_ino] and synced[0] != synced[1]
+
+
+def test_the_wal_starts_over_instead_of_growing(file_engine: Engine, sqlite_file: Path) -> None:
+    """A long stream of batches: background passes plus the writer's remainder keep the WAL small."""
+    wal = Path(f"{sqlite_file}-wal")
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        store = WriterProcessStore(file_engine, writer)
+        # Pipelined (one batch written while the next is sent): the writer never pauses, so the WAL
+        # can only start over through the writer's own checkpoint after a background pass.
+        batches = (events(f"wal{number}", 400) for number in range(40))
+        for results in store.ingest_in_order(batches):
+            assert all(isinstance(result, IngestResult) for result in results)
+        largest_wal = wal.stat().st_size
+    written = len(stored(file_engine))
+    assert written == 40 * 400
+    database = sqlite_file.stat().st_size
+    # Without restarts the WAL would hold every frame ever written, more than the database itself.
+    assert largest_wal < database / 2, (largest_wal, database)
