@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import marshal
 import os
 import pickle
 import queue
@@ -43,7 +44,7 @@ from app.sqlite_setup import BackgroundCheckpointer, configure_connection
 
 Results = list[IngestResult | DatabaseUnavailable]
 # A batch crosses the pipe in chunks: (planned events, keep the given order?, last chunk of the
-# batch?). Small writes keep both sides moving: the child unpickles one chunk while the parent plans
+# batch?). Small writes keep both sides moving: the child decodes one chunk while the parent plans
 # the next.
 Chunk = tuple[Sequence[PlannedEvent], bool, bool]
 # Batches that queued up while the child was writing are applied in one transaction, up to this many
@@ -62,8 +63,13 @@ MMAP_BYTES = 1 << 30
 CHECKPOINT_PASS_SECONDS = 0.1
 GC_EVERY_TRANSACTIONS = 100
 _DONE = None
-# Answers travel as frames (length, then pickle) so that an event loop can read them without blocking.
+# Both ways, values travel as frames (length, then the encoded value), so that an event loop can
+# read them without blocking. Answers are pickled; batches are marshalled: plans are plain tuples,
+# lists, strings and numbers, which marshal encodes and decodes a third faster than pickle (a few
+# microseconds per event on each side), and both ends run the same interpreter. A plan marshal
+# refuses (a value of another type) is pickled instead; a tag byte says which.
 FRAME_HEADER = struct.Struct("!I")
+MARSHALLED, PICKLED = b"m", b"p"
 
 
 def frame(value: Any) -> bytes:
@@ -71,26 +77,47 @@ def frame(value: Any) -> bytes:
     return FRAME_HEADER.pack(len(payload)) + payload
 
 
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return data
+
+
 def read_frame(stream: IO[bytes]) -> Any:
-    """The next framed value of ``stream``; EOFError at its end (or in the middle of a frame)."""
-    header = stream.read(FRAME_HEADER.size)
-    if len(header) < FRAME_HEADER.size:
-        raise EOFError
-    (size,) = FRAME_HEADER.unpack(header)
-    payload = stream.read(size)
-    if len(payload) < size:
-        raise EOFError
-    return pickle.loads(payload)
+    """The next framed (pickled) value of ``stream``; EOFError at its end or in the middle of one."""
+    (size,) = FRAME_HEADER.unpack(_read_exactly(stream, FRAME_HEADER.size))
+    return pickle.loads(_read_exactly(stream, size))
+
+
+def _request_frame(value: Any) -> bytes:
+    try:
+        payload = MARSHALLED + marshal.dumps(value)
+    except ValueError:
+        payload = PICKLED + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def read_request(stream: IO[bytes]) -> Any:
+    """The next value the parent sent (a chunk of a batch, or _DONE); EOFError at the end."""
+    (size,) = FRAME_HEADER.unpack(_read_exactly(stream, FRAME_HEADER.size))
+    payload = _read_exactly(stream, size)
+    body = memoryview(payload)[1:]
+    return marshal.loads(body) if payload[:1] == MARSHALLED else pickle.loads(body)
 
 
 def encode_batch(events: Sequence[PlannedEvent], keep_order: bool) -> list[bytes]:
-    """A batch as the child reads it: pickled chunks of at most CHUNK_EVENTS events, the last marked."""
+    """A batch as the child reads it: frames of at most CHUNK_EVENTS events, the last marked."""
     chunks = []
     for start in range(0, max(len(events), 1), CHUNK_EVENTS):
         last = start + CHUNK_EVENTS >= len(events)
-        chunk: Chunk = (events[start : start + CHUNK_EVENTS], keep_order, last)
-        chunks.append(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+        # Plain tuples: marshal takes no tuple subclass (the child makes them PlannedEvents again).
+        part = [tuple(planned) for planned in events[start : start + CHUNK_EVENTS]]
+        chunks.append(_request_frame((part, keep_order, last)))
     return chunks
+
+
+DONE_FRAME = _request_frame(None)
 
 
 def child_command(path: str) -> list[str]:
@@ -171,7 +198,7 @@ class SqliteWriterProcess:
         with self._lock, contextlib.suppress(BrokenPipeError):
             assert child.stdin is not None
             with child.stdin:
-                child.stdin.write(pickle.dumps(_DONE))
+                child.stdin.write(DONE_FRAME)
         child.wait()
         if self._reader is not None:
             self._reader.join()
@@ -374,13 +401,14 @@ Batch = tuple[list[PlannedEvent], bool]
 
 
 def _read_batches(requests: IO[bytes], batches: queue.SimpleQueue[Batch | None]) -> None:
-    """Unpickle chunks as they arrive (with the GIL, but while the main thread waits on SQLite) and
+    """Decode chunks as they arrive (with the GIL, but while the main thread waits on SQLite) and
     hand over whole batches."""
     events: list[PlannedEvent] = []
+    new_plan = tuple.__new__  # a NamedTuple from its fields, without a Python-level __new__ call
     try:
-        while (chunk := pickle.load(requests)) is not _DONE:
+        while (chunk := read_request(requests)) is not _DONE:
             part, keep_order, last = chunk
-            events.extend(part)
+            events.extend([new_plan(PlannedEvent, planned) for planned in part])
             if last:
                 batches.put((events, keep_order))
                 events = []

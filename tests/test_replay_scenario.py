@@ -131,3 +131,46 @@ def test_replay_in_process_reports_what_happened(db_url: str) -> None:
         engine.dispose()
     assert {k: summary.as_dict()[k] for k in EXPECTED} == EXPECTED
     assert summary.ok
+
+
+def test_the_summary_counts_every_outcome_and_rejects_what_could_not_be_stored() -> None:
+    """replay_direct's tally, against a store that answers each kind of result."""
+    from app.apply import DatabaseUnavailable, IngestResult
+    from app.event_files import SourceValue
+    from app.outcome import Outcome
+    from app.replay import replay_direct
+
+    answers = [
+        IngestResult("evt_a", Outcome.APPLIED),
+        IngestResult("evt_b", Outcome.STALE),
+        IngestResult("evt_c", Outcome.IGNORED),
+        IngestResult("evt_d", Outcome.FAILED, error="boom"),
+        IngestResult("evt_a", Outcome.APPLIED, duplicate=True),
+        DatabaseUnavailable("database unavailable: OperationalError"),
+        IngestResult("evt_e", Outcome.APPLIED),
+    ]
+
+    class AnsweringStore:
+        def ingest_in_order(self, batches):  # type: ignore[no-untyped-def]
+            offset = 0
+            for events in batches:
+                yield answers[offset : offset + len(events)]
+                offset += len(events)
+
+    def item(number: int) -> SourceValue:
+        body = {"id": f"evt_{number}", "object": "event", "type": "invoice.paid", "created": 1}
+        body["data"] = {"object": {"id": f"in_{number}", "object": "invoice"}}
+        return SourceValue(body, json.dumps(body), f"file.jsonl:{number}", exact=True)
+
+    summary = replay_direct([item(n) for n in range(len(answers))], AnsweringStore(), batch_size=3)
+    assert summary.as_dict() == {
+        "sent": 7,
+        "applied": 2,
+        "duplicates": 1,
+        "stale": 1,
+        "ignored": 1,
+        "failed": 1,
+        "rejected": 1,
+        "reasons": {"database unavailable: OperationalError": 1},
+    }
+    assert summary.examples["database unavailable: OperationalError"] == ["file.jsonl:5"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import marshal
 import os
 import pickle
 import shutil
@@ -25,8 +26,19 @@ from app.dispatch import plan_event
 from app.envelope import Event
 from app.ingest import WriterProcessStore
 from app.sqlite_setup import BackgroundCheckpointer, configure_connection
-from app.sqlite_writer import CHUNK_EVENTS, SqliteWriterProcess, WalSyncer, WriterProcessError
+from app.sqlite_writer import (
+    CHUNK_EVENTS,
+    SqliteWriterProcess,
+    WalSyncer,
+    WriterProcessError,
+    encode_batch,
+    read_request,
+)
 from tests.test_ingest_batch import fails_for, item_event, items, stored
+
+
+class MarshalRefuses(str):
+    """A str subclass: pickle takes it, marshal does not."""
 
 
 @pytest.fixture
@@ -182,6 +194,20 @@ def test_plans_are_plain_data(file_engine: Engine) -> None:
         assert isinstance(sql, str) and many is False
         assert all(value is None or type(value) in (str, int, float, bool) for value in params)
     assert pickle.loads(pickle.dumps(planned)) == planned
+    # It crosses as marshal data: plain tuples, lists, strings and numbers only.
+    assert marshal.loads(marshal.dumps(tuple(planned))) == tuple(planned)
+    assert [chunk[4:5] for chunk in encode_batch([planned], keep_order=False)] == [b"m"]
+
+
+def test_a_batch_marshal_refuses_crosses_pickled(file_engine: Engine, sqlite_file: Path) -> None:
+    """A value of another type in a plan (none today) must still arrive, not break the pipe."""
+    (event,) = events("odd", 1)
+    planned = plan_event(event, file_engine.dialect, "2026-11-23 12:00:00.000000")
+    odd = planned._replace(row=(*planned.row[:-1], MarshalRefuses("2026-11-23 12:00:00.000000")))
+    (chunk,) = encode_batch([odd], keep_order=True)
+    assert chunk[4:5] == b"p"
+    (decoded,), keep_order, last = read_request(io.BytesIO(chunk))
+    assert (decoded, keep_order, last) == (tuple(odd), True, True)
 
 
 def test_the_writer_process_imports_no_sqlalchemy() -> None:
