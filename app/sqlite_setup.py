@@ -46,6 +46,7 @@ class BackgroundCheckpointer:
         self.path = path
         self.interval = interval
         self.checkpoints = 0
+        self.log_frames = 0  # frames in the WAL when the last pass began
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._stopping = False
@@ -81,7 +82,10 @@ class BackgroundCheckpointer:
                         # Sync the WAL before copying it and the database file after: the writer
                         # restarts the WAL once a pass has copied everything.
                         connection.execute("PRAGMA synchronous=FULL")
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _busy, log_frames, _copied = connection.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    self.log_frames = log_frames
                     self.checkpoints += 1
                 except sqlite3.Error:
                     # Best effort: the next commit wakes us again, and SQLite checkpoints by itself

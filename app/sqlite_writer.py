@@ -58,9 +58,10 @@ MMAP_BYTES = 1 << 30
 # (half the writer's time under webhook load), whereas a WAL that restarts rewrites pages already in
 # the page cache. SQLite restarts it when a write transaction begins after a checkpoint copied every
 # frame. So a background thread copies the frames every CHECKPOINT_PASS_SECONDS (off the write path,
-# on the other core), and after each of its passes the writer copies the few frames committed
-# meanwhile itself, between two transactions.
+# on the other core), and once a pass found at least WAL_RESTART_FRAMES frames (16 MB), the writer
+# copies the frames committed during that pass itself, between two transactions.
 CHECKPOINT_PASS_SECONDS = 0.1
+WAL_RESTART_FRAMES = 4000
 GC_EVERY_TRANSACTIONS = 100
 _DONE = None
 # Both ways, values travel as frames (length, then the encoded value), so that an event loop can
@@ -294,6 +295,8 @@ class _Transactions:
         if passes == self._passes_seen or self._connection is None:
             return
         self._passes_seen = passes
+        if self.checkpointer.log_frames < WAL_RESTART_FRAMES:
+            return  # still small: let it grow, fewer restarts copy fewer frames on the write path
         with contextlib.suppress(sqlite3.Error):
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
