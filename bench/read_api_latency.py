@@ -208,7 +208,7 @@ def load_sqlite(path: Path, table: str, rows: Sequence[dict[str, Any]]) -> None:
     quoted = ", ".join(f'"{name}"' for name in columns)
     sql = f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' * len(columns))})"
     connection = sqlite3.connect(path)
-    connection.execute("PRAGMA synchronous=OFF")  # bulk load only; the service itself uses FULL
+    connection.execute("PRAGMA synchronous=OFF")  # bulk load only; the service syncs every commit
     connection.execute("PRAGMA cache_size=-400000")  # 400 MB, so index inserts stay in memory
     with connection:
         for start in range(0, len(rows), 50_000):

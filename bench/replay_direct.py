@@ -134,7 +134,15 @@ def run_child(argv: list[str]) -> None:
     print(json.dumps(figures))
 
 
+def settle() -> None:
+    """Write back what earlier steps left dirty (the generated files, the last mirror) first, so that
+    the kernel's writeback of them does not land inside the next measurement."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
 def measure(*args: str) -> dict[str, float]:
+    settle()
     output = subprocess.run(
         [sys.executable, __file__, "--child", *args], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout

@@ -146,7 +146,15 @@ def count_stored(url: str) -> int:
         engine.dispose()
 
 
+def settle() -> None:
+    """Write back what the previous server left dirty, so that its writeback does not land inside
+    the next measurement (of whichever server)."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
 def measure_bare(warmup: list[Delivery], measured: list[Delivery], concurrency: int) -> Measurement:
+    settle()
     with uvicorn_server("bench.bare_app:app") as port:
         warm = load(port, warmup, concurrency)
         result = load(port, measured, concurrency)
@@ -163,6 +171,7 @@ def measure_mirror(
     factory: str,
 ) -> Measurement:
     upgrade(url)
+    settle()
     env = {"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": SECRET}
     with uvicorn_server(factory, workers=workers, env=env, factory=True) as port:
         warm = load(port, warmup, concurrency)
