@@ -4,10 +4,10 @@ The event loop hands each verified event to a writer thread and awaits its resul
 drains whatever is queued (up to ``max_batch``) into one transaction. Under load that turns
 hundreds of fsyncs into a few, while every caller still learns its outcome only after the commit.
 
-Several writers overlap: while one waits (on PostgreSQL's answer, or on the SQLite writer process,
-with the GIL released), another plans its batch. On SQLite two are enough, since the writer process
-applies one transaction at a time. Batches of different writers may touch the same rows; ingest
-orders its writes and redoes a batch that hit a deadlock, as it does for several receiver processes.
+Several writers overlap: while one waits for PostgreSQL's answer (with the GIL released), another
+plans its batch. Batches of different writers may touch the same rows; ingest orders its writes and
+redoes a batch that hit a deadlock, as it does for several receiver processes. (A receiver on a
+SQLite file uses app.sqlite_committer instead, on the event loop, with its writer process.)
 """
 
 from __future__ import annotations

@@ -143,10 +143,11 @@ class WriterProcessStore:
 
 @contextmanager
 def event_store_for(engine: Engine, database_url: str) -> Iterator[EventStore | WriterProcessStore]:
-    """The store a receiver or a replay writes through. On a SQLite file: a WriterProcessStore, whose
-    writer process is started here and stopped (after finishing what it was sent) on exit. Otherwise
+    """The store a replay writes through. On a SQLite file: a WriterProcessStore, whose writer
+    process is started here and stopped (after finishing what it was sent) on exit. Otherwise
     (PostgreSQL, which writes in its own processes, or an in-memory SQLite database that only this
-    process can open): an EventStore."""
+    process can open): an EventStore. (A receiver makes the same choice in app.main, with the
+    event-loop SqliteCommitter on a SQLite file.)"""
     path = sqlite_path(database_url)
     if path is None:
         yield EventStore(engine)

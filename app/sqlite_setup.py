@@ -40,7 +40,9 @@ class BackgroundCheckpointer:
     With automatic checkpoints, the commit that crosses the threshold also copies and syncs the
     whole WAL, on the writer's time. Here the writer only calls ``committed()``; the copying happens
     on another connection, and sqlite3 releases the GIL while it does, so it runs beside the next
-    transaction on another core. PASSIVE never blocks the writer or readers."""
+    transaction on another core. PASSIVE never blocks the writer or readers. ``checkpoints`` and
+    ``log_frames`` tell the writer when a pass ended and how large the WAL was, so that it can copy
+    the rest itself and let the WAL start over (app.sqlite_writer)."""
 
     def __init__(self, path: str, interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
         self.path = path

@@ -1,11 +1,12 @@
 """A child process that owns the writes to one SQLite file, so planning and writing use two cores.
 
 SQLite takes one writer at a time, and in one Python process the code that decodes and plans events
-and the code that writes them share the GIL. ``SqliteWriterProcess`` starts
-``python -m app.sqlite_writer PATH`` and streams it batches of planned events (app.apply.PlannedEvent,
-plain data) over a pipe; the child stores and applies each batch in one transaction with exactly
-the receiver's code (app.apply), commits, and sends the results back, while the parent is already
-planning the next batch. WAL checkpoints run on a third thread (BackgroundCheckpointer).
+and the code that writes them share the GIL. The child, ``python -m app.sqlite_writer PATH``, reads
+batches of planned events (app.apply.PlannedEvent, plain data) from a pipe, stores and applies the
+batches queued up in one transaction with exactly the receiver's code (app.apply), commits, and sends
+the results back while the parent is already planning more. Its parents: ``SqliteWriterProcess``
+below (threads, for replays) and app.sqlite_committer (the event loop, for a receiver). WAL
+checkpoints run on a thread of the child (BackgroundCheckpointer).
 
 Nothing is answered before its commit is on disk: a batch's results leave only after the WAL
 holding its commit was synced (WalSyncer).
