@@ -41,6 +41,21 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def sqlite_file(tmp_path: Path, sqlite_template: Path) -> Path:
+    """A migrated, empty SQLite file (for the writer process, which only SQLite has)."""
+    path = tmp_path / "mirror.db"
+    copy_sqlite(sqlite_template, path)
+    return path
+
+
+@pytest.fixture
+def file_engine(sqlite_file: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{sqlite_file}")
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_session_database(pg_problem: str | None) -> Iterator[str]:
     """One migrated PostgreSQL database for the whole run, emptied between tests."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,25 +14,8 @@ from app.apply import DatabaseUnavailable, IngestResult
 from app.db import make_engine
 from app.envelope import Event
 from app.sqlite_committer import SqliteCommitter
-from tests.test_ingest_batch import fails_for, item_event, items, stored
-
-
-@pytest.fixture
-def sqlite_file(tmp_path: Path, sqlite_template: Path) -> Path:
-    path = tmp_path / "mirror.db"
-    shutil.copyfile(sqlite_template, path)
-    return path
-
-
-@pytest.fixture
-def file_engine(sqlite_file: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{sqlite_file}")
-    yield engine
-    engine.dispose()
-
-
-def events(prefix: str, count: int) -> list[Event]:
-    return [item_event(f"ii_{prefix}_{n}", 100 + n, event_id=f"evt_{prefix}_{n}") for n in range(count)]
+from tests.test_ingest_batch import fails_for, items, stored
+from tests.test_sqlite_writer import events
 
 
 def test_concurrent_requests_share_commits_and_learn_their_outcome_only_after_it(

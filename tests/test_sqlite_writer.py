@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,20 +39,6 @@ from tests.test_ingest_batch import fails_for, item_event, items, stored
 
 class MarshalRefuses(str):
     """A str subclass: pickle takes it, marshal does not."""
-
-
-@pytest.fixture
-def sqlite_file(tmp_path: Path, sqlite_template: Path) -> Path:
-    path = tmp_path / "mirror.db"
-    shutil.copyfile(sqlite_template, path)
-    return path
-
-
-@pytest.fixture
-def file_engine(sqlite_file: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{sqlite_file}")
-    yield engine
-    engine.dispose()
 
 
 def events(prefix: str, count: int) -> list[Event]:
