@@ -38,12 +38,12 @@ class ReplaySummary:
     reasons: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def count(self, outcome: Outcome | str, duplicate: bool = False) -> None:
+    def count(self, outcome: Outcome | str, duplicate: bool = False, number: int = 1) -> None:
         if duplicate:
-            self.duplicates += 1
+            self.duplicates += number
             return
         name = Outcome(outcome).value  # the counters are named after the outcomes
-        setattr(self, name, getattr(self, name) + 1)
+        setattr(self, name, getattr(self, name) + number)
 
     def reject(self, reason: str, origin: str) -> None:
         self.rejected += 1
@@ -182,12 +182,7 @@ def _tally_batch(
     for key, number in counts.items():
         if key is None:  # unavailable: rejected below, one by one with its origin
             continue
-        outcome, duplicate = key
-        if duplicate:
-            summary.duplicates += number
-        else:
-            name = Outcome(outcome).value
-            setattr(summary, name, getattr(summary, name) + number)
+        summary.count(*key, number=number)
     if None in counts:
         for (item, _), result in zip(batch, results, strict=True):
             if isinstance(result, DatabaseUnavailable):

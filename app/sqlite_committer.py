@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Dialect
 
@@ -97,13 +98,13 @@ class SqliteCommitter:
         self._sending = False
         self._stopping = False
         self._spawned_at = 0.0
-        self._received_tick, self._received_value = -1, received_now(dialect)
+        self._received_tick, self._received_value = -1, None  # set by the first _received()
         self._restarting: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     async def start(self) -> None:
         await self._spawn()
 
-    def _received(self) -> object:
+    def _received(self) -> Any:
         """The receipt time, as the driver stores it, shared by the requests of one millisecond:
         converting it costs more than planning a small event."""
         tick = time.monotonic_ns() // 1_000_000

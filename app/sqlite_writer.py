@@ -47,7 +47,6 @@ Results = list[IngestResult | DatabaseUnavailable]
 # A batch crosses the pipe in chunks: (planned events, keep the given order?, last chunk of the
 # batch?). Small writes keep both sides moving: the child decodes one chunk while the parent plans
 # the next.
-Chunk = tuple[Sequence[PlannedEvent], bool, bool]
 # Batches that queued up while the child was writing are applied in one transaction, up to this many
 # events: a busy writer commits less often, and each commit writes fewer pages per event.
 MERGED_EVENTS = 10_000
@@ -86,10 +85,15 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
-def read_frame(stream: IO[bytes]) -> Any:
-    """The next framed (pickled) value of ``stream``; EOFError at its end or in the middle of one."""
+def _next_payload(stream: IO[bytes]) -> bytes:
+    """The payload of the next frame of ``stream``; EOFError at its end or in the middle of one."""
     (size,) = FRAME_HEADER.unpack(_read_exactly(stream, FRAME_HEADER.size))
-    return pickle.loads(_read_exactly(stream, size))
+    return _read_exactly(stream, size)
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """The next framed (pickled) value of ``stream``."""
+    return pickle.loads(_next_payload(stream))
 
 
 def _request_frame(value: Any) -> bytes:
@@ -102,8 +106,7 @@ def _request_frame(value: Any) -> bytes:
 
 def read_request(stream: IO[bytes]) -> Any:
     """The next value the parent sent (a chunk of a batch, or _DONE); EOFError at the end."""
-    (size,) = FRAME_HEADER.unpack(_read_exactly(stream, FRAME_HEADER.size))
-    payload = _read_exactly(stream, size)
+    payload = _next_payload(stream)
     body = memoryview(payload)[1:]
     return marshal.loads(body) if payload[:1] == MARSHALLED else pickle.loads(body)
 
