@@ -291,12 +291,30 @@ def iter_files(path: Path) -> Iterator[Path]:
         yield path
 
 
-@dataclass
 class ReadProgress:
-    """Bytes read so far out of the total size of the named files (stdin counts as unknown)."""
+    """Bytes read so far out of the total size of the named files (stdin counts as unknown).
 
-    total_bytes: int = 0
-    done_bytes: int = 0
+    ``done_bytes`` is worked out when asked (a progress bar asks a few times a second): asking the
+    open file where it is costs a system call, too much to pay for every event read."""
+
+    def __init__(self) -> None:
+        self.total_bytes = 0
+        self._finished_bytes = 0  # the files read to their end
+        self._current: IO[bytes] | None = None
+
+    @property
+    def done_bytes(self) -> int:
+        current = self._current
+        if current is None or current.closed:
+            return self._finished_bytes
+        return self._finished_bytes + current.tell()
+
+    def reading(self, binary: IO[bytes]) -> None:
+        self._current = binary
+
+    def finished(self, size: int) -> None:
+        self._current = None
+        self._finished_bytes += size
 
 
 def iter_sources(
@@ -322,17 +340,15 @@ def iter_sources(
             stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
             yield from iter_stream(stdin, "<stdin>", chunk)
             continue
-        done_before = progress.done_bytes if progress is not None else 0
         with item.open("rb") as binary:
+            if progress is not None:
+                progress.reading(binary)
             # newline="" keeps \r\n and lone \r exactly as recorded.
             text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
             try:
-                for value in iter_stream(text, str(item), chunk):
-                    if progress is not None:
-                        progress.done_bytes = done_before + binary.tell()
-                    yield value
+                yield from iter_stream(text, str(item), chunk)
             except UnicodeDecodeError as exc:
                 reason = f"not UTF-8 text ({exc.reason}); the rest of the file is skipped"
                 yield SourceProblem(str(item), reason)
             if progress is not None:
-                progress.done_bytes = done_before + item.stat().st_size
+                progress.finished(item.stat().st_size)

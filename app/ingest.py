@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 Results = list[IngestResult | DatabaseUnavailable]
+# Planned events a replay sends ahead of the answers it has (WriterProcessStore.ingest_in_order).
+IN_FLIGHT_EVENTS = 4000
 
 
 class Ingests(Protocol):
@@ -132,11 +134,18 @@ class WriterProcessStore:
         return self._results(self._submit(events, keep_order), len(events))
 
     def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
+        """Batches are written while the next ones are planned. Up to IN_FLIGHT_EVENTS wait for
+        their answers, so that this process never stops planning while the child syncs the WAL
+        of a commit; the child merges the ones queued behind its transaction into the next."""
         in_flight: deque[tuple[Future[Results], int]] = deque()
+        waiting = 0
         for events in batches:
             in_flight.append((self._submit(events, keep_order=True), len(events)))
-            if len(in_flight) > 1:  # one batch being written while the next is planned
-                yield self._results(*in_flight.popleft())
+            waiting += len(events)
+            while len(in_flight) > 1 and waiting > IN_FLIGHT_EVENTS:
+                future, count = in_flight.popleft()
+                waiting -= count
+                yield self._results(future, count)
         while in_flight:
             yield self._results(*in_flight.popleft())
 

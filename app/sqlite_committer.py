@@ -150,8 +150,7 @@ class SqliteCommitter:
         while self._queued:
             count = min(len(self._queued), self.max_batch)
             taken = [self._queued.popleft() for _ in range(count)]
-            for chunk in encode_batch([planned for planned, _ in taken], keep_order=False):
-                child.requests.write(chunk)
+            child.requests.writelines(encode_batch([planned for planned, _ in taken], keep_order=False))
             child.in_flight.append([waiter for _, waiter in taken])
             self.stats.batches += 1
             self.stats.events += count

@@ -96,12 +96,14 @@ def read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(_next_payload(stream))
 
 
-def _request_frame(value: Any) -> bytes:
+def _request_frame(value: Any) -> tuple[bytes, bytes]:
+    """A request frame in two pieces, the header (with the tag) and the encoded value, sent one
+    after the other: joining them would copy a megabyte per chunk once more."""
     try:
-        payload = MARSHALLED + marshal.dumps(value)
+        tag, payload = MARSHALLED, marshal.dumps(value)
     except ValueError:
-        payload = PICKLED + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME_HEADER.pack(len(payload)) + payload
+        tag, payload = PICKLED, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME_HEADER.pack(len(payload) + len(tag)) + tag, payload
 
 
 def read_request(stream: IO[bytes]) -> Any:
@@ -112,17 +114,18 @@ def read_request(stream: IO[bytes]) -> Any:
 
 
 def encode_batch(events: Sequence[PlannedEvent], keep_order: bool) -> list[bytes]:
-    """A batch as the child reads it: frames of at most CHUNK_EVENTS events, the last marked."""
-    chunks = []
+    """A batch as the child reads it, to be written in order: frames of at most CHUNK_EVENTS
+    events, the last marked, each as its two pieces."""
+    pieces: list[bytes] = []
     for start in range(0, max(len(events), 1), CHUNK_EVENTS):
         last = start + CHUNK_EVENTS >= len(events)
         # Plain tuples: marshal takes no tuple subclass (the child makes them PlannedEvents again).
         part = [tuple(planned) for planned in events[start : start + CHUNK_EVENTS]]
-        chunks.append(_request_frame((part, keep_order, last)))
-    return chunks
+        pieces.extend(_request_frame((part, keep_order, last)))
+    return pieces
 
 
-DONE_FRAME = _request_frame(None)
+DONE_FRAME = b"".join(_request_frame(None))
 
 
 def child_command(path: str) -> list[str]:

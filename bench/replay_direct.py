@@ -134,11 +134,17 @@ def run_child(argv: list[str]) -> None:
     print(json.dumps(figures))
 
 
+SETTLE_SECONDS = 3.0
+
+
 def settle() -> None:
-    """Write back what earlier steps left dirty (the generated files, the last mirror) first, so that
-    the kernel's writeback of them does not land inside the next measurement."""
+    """Write back what earlier steps left dirty (the generated files, the last mirror) first, then
+    wait a moment, so that writing them back does not land inside the next measurement. os.sync()
+    returns once this machine has handed the writes over; on a virtual machine the host may still be
+    busy with them."""
     if hasattr(os, "sync"):
         os.sync()
+    time.sleep(SETTLE_SECONDS)
 
 
 def measure(*args: str) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.event_files import SourceProblem, SourceValue, iter_sources, iter_stream
+from app.event_files import ReadProgress, SourceProblem, SourceValue, iter_sources, iter_stream
 from tests.events import load_fixture, make_event
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,3 +103,18 @@ def test_top_level_arrays_and_stdin_style_streams() -> None:
 def test_missing_paths_are_problems() -> None:
     (problem,) = list(iter_sources(["/nonexistent/recording.jsonl"]))
     assert isinstance(problem, SourceProblem) and "no such file" in problem.reason
+
+
+def test_read_progress_follows_the_files_as_they_are_read(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("\n".join(LINES * 40) + "\n", encoding="utf-8")
+    second.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    total = first.stat().st_size + second.stat().st_size
+    progress = ReadProgress()
+    seen = []
+    for _ in iter_sources([str(first), str(second)], progress=progress, chunk=4096):
+        seen.append(progress.done_bytes)
+    assert progress.total_bytes == total
+    assert seen == sorted(seen) and 0 < seen[0] < first.stat().st_size  # read in chunks, not at once
+    assert first.stat().st_size <= seen[-1] <= total
+    assert progress.done_bytes == total

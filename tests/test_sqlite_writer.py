@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_plans_are_plain_data(file_engine: Engine) -> None:
     assert pickle.loads(pickle.dumps(planned)) == planned
     # It crosses as marshal data: plain tuples, lists, strings and numbers only.
     assert marshal.loads(marshal.dumps(tuple(planned))) == tuple(planned)
-    assert [chunk[4:5] for chunk in encode_batch([planned], keep_order=False)] == [b"m"]
+    assert b"".join(encode_batch([planned], keep_order=False))[4:5] == b"m"
 
 
 def test_a_batch_marshal_refuses_crosses_pickled(file_engine: Engine, sqlite_file: Path) -> None:
@@ -190,7 +191,7 @@ def test_a_batch_marshal_refuses_crosses_pickled(file_engine: Engine, sqlite_fil
     (event,) = events("odd", 1)
     planned = plan_event(event, file_engine.dialect, "2026-11-23 12:00:00.000000")
     odd = planned._replace(row=(*planned.row[:-1], MarshalRefuses("2026-11-23 12:00:00.000000")))
-    (chunk,) = encode_batch([odd], keep_order=True)
+    chunk = b"".join(encode_batch([odd], keep_order=True))
     assert chunk[4:5] == b"p"
     (decoded,), keep_order, last = read_request(io.BytesIO(chunk))
     assert (decoded, keep_order, last) == (tuple(odd), True, True)
@@ -279,3 +280,30 @@ def test_the_wal_starts_over_instead_of_growing(file_engine: Engine, sqlite_file
     # with them it stays within a few restart thresholds.
     assert largest_wal < database / 2, (largest_wal, database)
     assert largest_wal < 3 * WAL_RESTART_FRAMES * (4096 + 24)
+
+
+def test_a_replay_keeps_several_batches_in_flight(
+    file_engine: Engine, sqlite_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers are awaited only once more than IN_FLIGHT_EVENTS were sent: planning does not stop
+    for each commit's sync. They still come back in order, one list per batch."""
+    monkeypatch.setattr("app.ingest.IN_FLIGHT_EVENTS", 250)
+    sent: list[int] = []
+    with SqliteWriterProcess(str(sqlite_file)) as writer:
+        store = WriterProcessStore(file_engine, writer)
+
+        def batches() -> Iterator[list[Event]]:
+            for number in range(8):
+                sent.append(number)
+                yield events(f"flight{number}_", 100)
+
+        sent_before_answer = []
+        for number, results in enumerate(store.ingest_in_order(batches())):
+            sent_before_answer.append(len(sent))
+            assert [result.event_id for result in results] == [  # type: ignore[union-attr]
+                f"evt_flight{number}__{index}" for index in range(100)
+            ]
+    # Three batches (300 events > 250) went out before the first answer was awaited, and the
+    # window then slid one batch at a time.
+    assert sent_before_answer == [3, 4, 5, 6, 7, 8, 8, 8]
+    assert len(stored(file_engine)) == 800
