@@ -2,7 +2,9 @@
 
 Each request plans its event where it runs (on the loop: no thread, so no hand-over of the GIL) and
 waits. Once per loop iteration, whatever was planned meanwhile is sent to the writer process
-(app.sqlite_writer) as one batch, on the loop's own non-blocking pipe transports. The child applies
+(app.sqlite_writer) as one batch, on the loop's own non-blocking pipe transports; and within an
+iteration each time SEND_AT_EVENTS are waiting, so that the writer starts on the first events of a
+wave of requests while the loop still plans the rest (milliseconds for a few dozen). The child applies
 every batch that queued up in its pipe while it was writing in one transaction, so under load a
 transaction holds every request that arrived during the previous commit, and the child never waits
 for the loop. Each batch's answer comes back after its commit and only then resolves its requests'
@@ -44,6 +46,12 @@ logger = logging.getLogger("billing_mirror")
 
 # A child that keeps dying right away (it cannot even start) is not restarted more often than this.
 RESTART_INTERVAL_SECONDS = 1.0
+# Planned events sent without waiting for the end of the loop iteration. Under the benchmark's load
+# (64 connections) the loop plans about 35 requests per iteration: the writer used to wait for all of
+# them, then the loop for the writer, and the machine stayed 40 % idle. Sent 16 at a time, the two
+# overlap: 6,600 to 6,900 instead of 5,500 to 5,900 events/s (8 and 12 did as well, 4 worse: more
+# commits).
+SEND_AT_EVENTS = 16
 Waiter = asyncio.Future[IngestResult]
 
 
@@ -136,7 +144,9 @@ class SqliteCommitter:
         planned = plan_event(event, self.dialect, self._received(), self.apply)
         waiter: Waiter = loop.create_future()
         self._queued.append((planned, waiter))
-        if not self._sending:
+        if len(self._queued) >= SEND_AT_EVENTS:
+            self._flush()
+        elif not self._sending:
             # After the requests already runnable in this loop iteration have queued theirs too.
             self._sending = True
             loop.call_soon(self._send)
@@ -144,6 +154,9 @@ class SqliteCommitter:
 
     def _send(self) -> None:
         self._sending = False
+        self._flush()
+
+    def _flush(self) -> None:
         child = self._child
         if child is None or child.requests is None:
             return  # a new child is starting: it sends what is queued
@@ -200,11 +213,11 @@ class SqliteCommitter:
                 if not waiter.done():
                     waiter.set_exception(DatabaseUnavailable(f"no SQLite writer process: {exc}"))
             return
-        self._send()
+        self._flush()
 
     async def stop(self) -> None:
         """Send what is queued, then let the child answer everything it was sent and end."""
-        self._send()
+        self._flush()
         self._stopping = True
         child = self._child
         if child is None:

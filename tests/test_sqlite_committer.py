@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import Engine
 
 from app.apply import DatabaseUnavailable, IngestResult
+from app.committer import WriterStats
 from app.db import make_engine
 from app.envelope import Event
-from app.sqlite_committer import SqliteCommitter
+from app.sqlite_committer import SEND_AT_EVENTS, SqliteCommitter
 from tests.test_ingest_batch import fails_for, items, stored
 from tests.test_sqlite_writer import events
 
@@ -45,6 +46,29 @@ def test_concurrent_requests_share_commits_and_learn_their_outcome_only_after_it
     ]
     assert 1 <= commits < len(batch) // 10  # submitted in one loop iteration: a handful of transactions
     assert len(items(file_engine)) == len(batch)
+
+
+def test_a_wave_of_requests_goes_out_in_parts_while_the_loop_plans_the_rest(
+    file_engine: Engine, sqlite_file: Path
+) -> None:
+    """Every SEND_AT_EVENTS planned events are sent at once, not at the end of the loop iteration."""
+    batch = events("wave", 2 * SEND_AT_EVENTS + 5)
+
+    async def scenario() -> list[IngestResult]:
+        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect)
+        await committer.start()
+        try:
+            # All planned in the same loop iteration.
+            return list(await asyncio.gather(*(committer.submit(event) for event in batch)))
+        finally:
+            await committer.stop()
+            stats.append(committer.stats)
+
+    stats: list[WriterStats] = []
+    results = asyncio.run(scenario())
+    assert [(r.event_id, r.outcome) for r in results] == [(e.id, "applied") for e in batch]
+    (sent,) = stats
+    assert (sent.batches, sent.largest_batch, sent.events) == (3, SEND_AT_EVENTS, len(batch))
 
 
 def test_a_duplicate_delivery_is_answered_as_such(file_engine: Engine, sqlite_file: Path) -> None:
