@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Each delivery allocates a few hundred containers (its parsed body, its plan), nearly all
         # freed by reference counting. At the default threshold (700) the collector ran every few
         # requests and walked the ones in flight each time: 10 % of the server's CPU under load.
+        thresholds = gc.get_threshold()
         gc.set_threshold(20_000, 50, 100)
         app.state.engine = engine
         app.state.read_engine = read_engine
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 committer.stop()
             engine.dispose()
             read_engine.dispose()
+            gc.set_threshold(*thresholds)
 
     app = Starlette(
         routes=routes(),

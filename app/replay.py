@@ -167,11 +167,16 @@ def _cyclic_gc_paused() -> Iterator[None]:
     instead, with what was allocated before (modules, the engine) frozen out of its way."""
     was_enabled = gc.isenabled()
     gc.disable()
-    gc.freeze()
+    # Not when something else froze objects first (a receiver in the same process): unfreezing
+    # would thaw its objects too.
+    freezing = gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 

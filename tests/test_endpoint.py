@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -292,3 +293,13 @@ def test_signature_is_checked_on_raw_bytes_not_reserialized_json(client: TestCli
     assert client.post(URL, content=body, headers={"Stripe-Signature": header}).status_code == 200
     compact = encode(event)
     assert client.post(URL, content=compact, headers={"Stripe-Signature": header}).status_code == 400
+
+
+def test_the_receiver_collects_less_often_and_restores_the_collector_when_it_stops(
+    make_settings: Callable[..., Settings],
+) -> None:
+    before = gc.get_threshold()
+    with TestClient(create_app(make_settings())) as client:
+        assert gc.get_threshold()[0] == 20_000
+        assert client.get("/healthz").status_code == 200
+    assert gc.get_threshold() == before

@@ -174,3 +174,24 @@ def test_the_summary_counts_every_outcome_and_rejects_what_could_not_be_stored()
         "reasons": {"database unavailable: OperationalError": 1},
     }
     assert summary.examples["database unavailable: OperationalError"] == ["file.jsonl:5"]
+
+
+def test_a_replay_leaves_objects_frozen_by_others_frozen() -> None:
+    """The replay freezes what was allocated before it, unless something else (a receiver in the
+    same process) already froze objects: then unfreezing at the end would thaw those too."""
+    import gc
+
+    from app.replay import _cyclic_gc_paused
+
+    gc.unfreeze()  # from nothing frozen: a receiver started by an earlier test froze its objects
+    with _cyclic_gc_paused():
+        assert gc.get_freeze_count() > 0 and not gc.isenabled()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        with _cyclic_gc_paused():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
