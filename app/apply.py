@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from app.outcome import Outcome
-from app.writes import Write, execute_writes
+from app.writes import Write, execute_writes, execute_writes_of_events
 
 RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
 MAX_ERROR_CHARS = 4000
@@ -151,7 +151,8 @@ def apply_optimistically(
 
     1. One SELECT finds the events already stored, and locks them on PostgreSQL (SQLite writers
        hold the database lock from BEGIN IMMEDIATE on).
-    2. The writes run in ``order`` for new events and for stored failed ones.
+    2. The writes run in ``order`` for new events and for stored failed ones, all sent at once
+       (app.writes.execute_writes_of_events: one round trip on PostgreSQL).
     3. One executemany INSERT .. ON CONFLICT DO NOTHING stores the new events with their outcome,
        and one executemany UPDATE records the outcome of the re-applied ones.
 
@@ -162,6 +163,26 @@ def apply_optimistically(
     for index in order:
         first_seen.setdefault(events[index].id, index)
     stored = stored_outcomes(driver, sql, sorted(first_seen))
+
+    # First which events to apply (the first copy of each new event, or of a stored one that failed,
+    # unless its handler failed), then all their writes at once, then each outcome.
+    to_apply = []
+    for index in order:
+        planned = events[index]
+        known = stored.get(planned.id)
+        if (
+            first_seen[planned.id] == index
+            and planned.error is None
+            and (known is None or known[0] == Outcome.FAILED)
+        ):
+            to_apply.append(index)
+    try:
+        changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            raise
+        raise RedoCarefully("a write of this batch failed") from exc
+    changed_by_index = dict(zip(to_apply, changes, strict=True))
 
     results: list[IngestResult | None] = [None] * len(events)
     outcome_of_id: dict[str, Outcome] = {}
@@ -181,12 +202,7 @@ def apply_optimistically(
         if planned.error is not None:
             outcome = Outcome.FAILED
         else:
-            try:
-                outcome = _outcome_of(execute_writes(driver, planned.writes), planned)
-            except Exception as exc:
-                if is_infrastructure_error(exc):
-                    raise
-                raise RedoCarefully(event_id) from exc
+            outcome = _outcome_of(changed_by_index[index], planned)
         outcome_of_id[event_id] = outcome
         results[index] = IngestResult(event_id, outcome, error=planned.error)
         processed = _processed_at(outcome, planned)

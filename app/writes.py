@@ -44,3 +44,32 @@ def execute_writes(driver: Any, writes: Sequence[Write]) -> int:
             cursor = driver.execute(sql, params)
         changed += cursor.rowcount
     return changed
+
+
+def execute_writes_of_events(driver: Any, events_writes: Sequence[Sequence[Write]]) -> list[int]:
+    """``execute_writes`` for several events in turn, the same statements in the same order.
+
+    On a driver with pipelines (psycopg), they are all sent at once and their row counts read after
+    one sync: one round trip to PostgreSQL for the whole batch instead of one per statement. A failing
+    statement raises here, at the sync, not at its own call: the caller redoes the batch carefully."""
+    pipeline = getattr(driver, "pipeline", None)
+    if pipeline is None:  # sqlite3: in process, a statement costs no round trip
+        return [execute_writes(driver, writes) for writes in events_writes]
+    cursors: list[list[Any]] = []
+    with pipeline() as sent:
+        for writes in events_writes:
+            mine = []
+            for sql, params, many in writes:
+                cursor = driver.cursor()
+                if many:
+                    cursor.executemany(sql, params)
+                else:
+                    cursor.execute(sql, params)
+                mine.append(cursor)
+            cursors.append(mine)
+        sent.sync()
+    changed = [sum(cursor.rowcount for cursor in mine) for mine in cursors]
+    for mine in cursors:
+        for cursor in mine:
+            cursor.close()
+    return changed

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -63,6 +66,37 @@ def test_a_failing_handler_leaves_its_event_failed_and_its_neighbours_applied(en
     ] * 2
     assert stored(engine)["evt_2"] == ("applied", 2, None)
     assert "ii_2" in items(engine)
+
+
+def test_a_write_the_database_refuses_fails_its_event_only(engine: Engine) -> None:
+    """A batch's writes go out together (one pipeline on PostgreSQL), so the refusal comes back for
+    the batch: it is redone event by event, and only the event whose write was refused fails."""
+
+    def apply(writes: Writes, event: Event) -> None:
+        apply_event(writes, event)
+        if event.id == "evt_w2":
+            writes.add("INSERT INTO invoice_line_sets (invoice) VALUES (NULL)", ())  # NOT NULL
+
+    batch = [item_event(f"ii_w{n}", 100 + n, event_id=f"evt_w{n}") for n in range(5)]
+    results = EventStore(engine, apply=apply).ingest(batch)
+    assert [r.outcome for r in results] == ["applied", "applied", "failed", "applied", "applied"]
+    assert "invoice_line_sets" in (results[2].error or "")
+    assert stored(engine)["evt_w2"][0] == "failed"
+    # Its first write (the item itself) was undone with the refused one.
+    assert set(items(engine)) == {"ii_w0", "ii_w1", "ii_w3", "ii_w4"}
+
+
+def test_an_older_snapshot_after_a_newer_one_in_the_same_batch_changes_nothing(engine: Engine) -> None:
+    """Sent together, the writes still run in order: the second sees the first one's row."""
+    events = [
+        item_event("ii_order", 300, event_id="evt_o3"),
+        item_event("ii_order", 100, event_id="evt_o1"),
+        item_event("ii_other", 100, event_id="evt_o4"),
+        item_event("ii_order", 200, event_id="evt_o2"),
+    ]
+    results = EventStore(engine).ingest(events, keep_order=True)
+    assert [r.outcome for r in results] == ["applied", "stale", "applied", "stale"]
+    assert items(engine) == {"ii_order": "evt_o3", "ii_other": "evt_o4"}
 
 
 def test_duplicates_inside_one_batch_and_across_batches(engine: Engine) -> None:
@@ -147,3 +181,38 @@ def wait_until_blocked_on_a_lock(engine: Engine) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError("the batch never waited for the locked row")
+
+
+def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine, db_url: str) -> None:
+    """One round trip for all the writes of a batch instead of one per statement (the row counts,
+    and so the outcomes, are the same: see the tests above)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("sqlite3 has no pipelines: in process, a statement costs no round trip")
+    from app.writes import execute_writes_of_events
+
+    events = [item_event(f"ii_p{n}", 100 + n, event_id=f"evt_p{n}") for n in range(4)]
+    events.append(item_event("ii_p0", 50, event_id="evt_p_old"))  # older: changes nothing
+    planned = EventStore(engine).plan(events)
+    syncs = []
+
+    class Observed:
+        """The psycopg connection, with its pipeline syncs counted."""
+
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.connection, name)
+
+        @contextlib.contextmanager
+        def pipeline(self) -> Iterator[Any]:
+            with self.connection.pipeline() as pipeline:
+                real_sync = pipeline.sync
+                pipeline.sync = lambda: (syncs.append(1), real_sync())[1]
+                yield pipeline
+
+    with engine.begin() as connection:
+        driver = connection.connection.driver_connection
+        changes = execute_writes_of_events(Observed(driver), [p.writes for p in planned])
+    assert changes == [1, 1, 1, 1, 0]
+    assert syncs == [1]
