@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -216,3 +217,23 @@ def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine, 
         changes = execute_writes_of_events(Observed(driver), [p.writes for p in planned])
     assert changes == [1, 1, 1, 1, 0]
     assert syncs == [1]
+
+
+def test_several_writer_threads_share_the_work_and_answer_every_event(engine: Engine) -> None:
+    from app.committer import GroupCommitter
+
+    batch = [item_event(f"ii_t{n % 7}", 100 + n, event_id=f"evt_t{n}") for n in range(60)]
+
+    async def scenario() -> list[Any]:
+        committer = GroupCommitter(EventStore(engine), max_batch=8, writers=3)
+        committer.start()
+        try:
+            return list(await asyncio.gather(*(committer.submit(event) for event in batch)))
+        finally:
+            committer.stop()
+
+    results = asyncio.run(scenario())
+    assert [r.event_id for r in results] == [e.id for e in batch]
+    assert all(r.outcome in ("applied", "stale") for r in results)
+    # Whatever the interleaving, each item ends at its newest snapshot.
+    assert items(engine) == {f"ii_t{k}": f"evt_t{max(n for n in range(60) if n % 7 == k)}" for k in range(7)}
