@@ -36,10 +36,8 @@ from app.ingest import received_now
 from app.sqlite_writer import (
     DONE_FRAME,
     FRAME_HEADER,
-    child_command,
-    child_environment,
     encode_batch,
-    widen_pipe,
+    start_child,
 )
 
 logger = logging.getLogger("billing_mirror")
@@ -122,15 +120,8 @@ class SqliteCommitter:
 
     async def _spawn(self) -> None:
         self._spawned_at = time.monotonic()
-        process = subprocess.Popen(
-            child_command(self.path),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=child_environment(),
-            start_new_session=True,  # Ctrl-C stops the server, which then lets the child finish
-        )
+        process = start_child(self.path)
         assert process.stdin is not None and process.stdout is not None
-        widen_pipe(process.stdin)
         child = _Child(process)
         loop = asyncio.get_running_loop()
         child.requests, _ = await loop.connect_write_pipe(asyncio.Protocol, process.stdin)

@@ -128,11 +128,7 @@ def encode_batch(events: Sequence[PlannedEvent], keep_order: bool) -> list[bytes
 DONE_FRAME = b"".join(_request_frame(None))
 
 
-def child_command(path: str) -> list[str]:
-    return [sys.executable, "-m", "app.sqlite_writer", path]
-
-
-def widen_pipe(pipe: IO[bytes] | None) -> None:
+def _widen_pipe(pipe: IO[bytes] | None) -> None:
     try:
         import fcntl
     except ImportError:  # not a POSIX system: the default pipe size will do
@@ -146,12 +142,28 @@ class WriterProcessError(RuntimeError):
     """The writer process ended or failed; what it reported is in the message."""
 
 
-def child_environment() -> dict[str, str]:
+def _child_environment() -> dict[str, str]:
     """This process's environment, with the folder holding the ``app`` package first on the path,
     so the child imports the same code wherever this process was started from."""
     source_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": source_root + (os.pathsep + path if path else "")}
+
+
+def start_child(path: str) -> subprocess.Popen[bytes]:
+    """``python -m app.sqlite_writer PATH``, with pipes for its requests and its answers (both parents
+    start it here)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.sqlite_writer", path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_child_environment(),
+        # Not in the terminal's process group: Ctrl-C stops the parent, which then lets the child
+        # finish the batches already sent (closing its stdin) instead of killing it mid-way.
+        start_new_session=True,
+    )
+    _widen_pipe(process.stdin)
+    return process
 
 
 class SqliteWriterProcess:
@@ -178,16 +190,7 @@ class SqliteWriterProcess:
 
     def _start(self) -> None:
         self._failure = None
-        self._child = subprocess.Popen(
-            child_command(self.path),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=child_environment(),
-            # Not in the terminal's process group: Ctrl-C stops the parent, which then lets the
-            # child finish the batches already sent (closing its stdin) instead of killing it mid-way.
-            start_new_session=True,
-        )
-        widen_pipe(self._child.stdin)
+        self._child = start_child(self.path)
         self._reader = threading.Thread(target=self._read_results, name="billing-mirror-writer-results")
         self._reader.start()
 
