@@ -6,10 +6,10 @@ hundreds of fsyncs into a few, while every caller still learns its outcome only 
 
 Several writers can overlap: while one waits for PostgreSQL's answer (with the GIL released),
 another plans its batch. A receiver runs one (app.main: a batch's writes take one round trip, and
-more threads mostly contend for the GIL). Batches of different writers may touch
-the same rows; ingest orders its writes and redoes a batch that hit a deadlock, as it does for
-several receiver processes. (A receiver on a
-SQLite file uses app.sqlite_committer instead, on the event loop, with its writer process.)
+more threads mostly contend for the GIL). Batches of different writers may touch the same rows;
+ingest orders its writes and redoes a batch that hit a deadlock, as it does for several receiver
+processes. (A receiver on a SQLite file uses app.sqlite_committer instead, on the event loop, with
+its writer process.)
 """
 
 from __future__ import annotations
