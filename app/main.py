@@ -11,16 +11,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
-from app.api.auth import HOW_TO_OPEN
-from app.api.endpoints import api_routes
-from app.committer import GroupCommitter
-from app.db import CommitCounter, is_sqlite, make_engine, sqlite_path
-from app.errors import http_exception_handler
-from app.health import healthz
-from app.ingest import EventStore
+from app.db.engine import CommitCounter, is_sqlite, make_engine, sqlite_path
+from app.ingest.committer import GroupCommitter
+from app.ingest.sqlite_committer import SqliteCommitter
+from app.ingest.store import EventStore
+from app.read.auth import HOW_TO_OPEN
+from app.read.endpoints import api_routes
 from app.settings import HOW_TO_SET_SECRET, Settings
-from app.sqlite_committer import SqliteCommitter
-from app.webhook import receive_stripe_webhook
+from app.webhook.endpoint import receive_stripe_webhook
+from app.webhook.errors import http_exception_handler
+from app.webhook.health import healthz
 
 logger = logging.getLogger("billing_mirror")
 

@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.db import make_engine
-from app.envelope import Event, parse_event
-from app.ingest import EventStore
-from app.migrate import upgrade
+from app.db.engine import make_engine
+from app.db.migrate import upgrade
+from app.ingest.store import EventStore
+from app.mirror.envelope import Event, parse_event
 from tests.dbs import postgres_problem, temporary_pg_database
 from tests.events import encode, load_fixture, make_event
 

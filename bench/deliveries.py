@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.signature import sign_header
+from app.webhook.signature import sign_header
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 MIX = (

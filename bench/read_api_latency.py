@@ -6,7 +6,7 @@
 What is timed: server-side work only. Each request is an in-process ASGI call to the real application
 (create_app: routing, API-key check, parameter parsing, the SQL query, the JSON body) through
 Starlette's TestClient, so no socket or HTTP parsing is included. The "query" column times the query
-function alone (app.query.*.list_page on an open connection). The baseline, measured in the same run on
+function alone (app.read.*.list_page on an open connection). The baseline, measured in the same run on
 the same database, is GET /v1/invoiceitems/{id} (a primary-key lookup through the same stack); the
 ratio column is p99 / baseline p99. The last column shows the page query's plan (EXPLAIN): the index it
 reads and "+sort" when the database sorts (PostgreSQL does so, by choice, when its statistics say only a
@@ -14,7 +14,7 @@ few rows match: a bitmap scan and a sort of those rows), which does not depend o
 on PostgreSQL also the executor's own time for 20 page queries (EXPLAIN ANALYZE, the slowest of them).
 
 The mirror is filled by bulk insert (the only place in the project that writes rows directly), with
-rows built by the handlers' own column mapping (app.handlers.items.item_columns, ...payment_columns),
+rows built by the handlers' own column mapping (app.mirror.handlers.items.item_columns, ...payment_columns),
 so every row holds exactly what ingesting the event would have stored. Nothing leaves 127.0.0.1.
 """
 
@@ -40,18 +40,18 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
-from app.db import make_engine, normalize_url
-from app.handlers.base import to_json_text
-from app.handlers.items import item_columns
-from app.handlers.payments import payment_columns
+from app.db.engine import make_engine, normalize_url
+from app.db.migrate import upgrade
+from app.db.models import InvoiceItem, InvoicePayment
 from app.main import create_app
-from app.migrate import upgrade
-from app.models import InvoiceItem, InvoicePayment
-from app.query import invoice_items, invoice_payments
-from app.query.params import parse_list_request, parse_query_string
-from app.query.resource import Resource
+from app.mirror.handlers.base import to_json_text
+from app.mirror.handlers.items import item_columns
+from app.mirror.handlers.payments import payment_columns
+from app.mirror.upsert import table_of
+from app.read.resources import invoice_items, invoice_payments
+from app.read.params import parse_list_request, parse_query_string
+from app.read.resource import Resource
 from app.settings import Settings
-from app.upsert import table_of
 from tests.dbs import temporary_pg_database
 
 API_KEY = "bm_bench_key"

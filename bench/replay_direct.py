@@ -16,7 +16,7 @@ for N x scale. Every measurement runs in its own child process, which reports it
 Prints events/s (wall clock), the ratio to the baseline measured in the same run, the CPU time per
 event (less sensitive to other load on a shared machine; waits for fsync and for PostgreSQL are not in
 it) and the peak RSS in MiB, each as "replaying process + SQLite writer process" where the replay
-started one (app.sqlite_writer).
+started one (app.ingest.sqlite_writer).
 Talks only to 127.0.0.1 (PostgreSQL at BILLING_MIRROR_BENCH_PG, default the local server).
 """
 
@@ -80,9 +80,9 @@ def write_list_envelope(path: Path, count: int) -> None:
 
 
 def child_read(path: str) -> int:
-    from app.envelope import EnvelopeError
-    from app.event_files import SourceValue, iter_sources
-    from app.replay import to_event
+    from app.mirror.envelope import EnvelopeError
+    from app.recording.event_files import SourceValue, iter_sources
+    from app.recording.replay import to_event
 
     count = 0
     for item in iter_sources([path]):
@@ -98,7 +98,7 @@ def child_read(path: str) -> int:
 def child_direct(path: str, database_url: str) -> int:
     from click.testing import CliRunner
 
-    from app.cli import cli
+    from app.cli.main import cli
 
     result = CliRunner().invoke(
         cli, ["replay", path, "--direct", "--no-migrate", "--json"], env={"DATABASE_URL": database_url}
@@ -112,7 +112,11 @@ def child_direct(path: str, database_url: str) -> int:
 def run_child(argv: list[str]) -> None:
     import importlib
 
-    for module in ("app.cli", "app.event_files", "app.replay"):  # imports are not what is measured
+    for module in (
+        "app.cli.main",
+        "app.recording.event_files",
+        "app.recording.replay",
+    ):  # imports are not what is measured
         importlib.import_module(module)
 
     mode, path = argv[0], argv[1]
@@ -160,7 +164,7 @@ def measure(*args: str) -> dict[str, float]:
 
 
 def fresh_sqlite(folder: Path, name: str) -> str:
-    from app.migrate import upgrade
+    from app.db.migrate import upgrade
 
     url = f"sqlite:///{folder / name}"
     upgrade(url)
@@ -170,7 +174,7 @@ def fresh_sqlite(folder: Path, name: str) -> str:
 @contextmanager
 def temporary_postgres() -> Iterator[str]:
     """A migrated scratch database, dropped afterwards."""
-    from app.migrate import upgrade
+    from app.db.migrate import upgrade
     from tests.dbs import temporary_pg_database
 
     with temporary_pg_database("bm_bench", PG_ADMIN) as url:

@@ -34,8 +34,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from app.db import normalize_url
-from app.migrate import upgrade
+from app.db.engine import normalize_url
+from app.db.migrate import upgrade
 from bench.deliveries import Delivery, DeliveryFactory, http_request
 from bench.loadgen import LoadResult, drive
 from tests.dbs import temporary_pg_database

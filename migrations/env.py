@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from app.db import is_sqlite, make_engine
+import app.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from app.db.engine import is_sqlite, make_engine
 from app.settings import Settings
 
 config = context.config

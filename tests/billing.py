@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
-from app.envelope import parse_event
-from app.handlers.base import Outcome
-from app.ingest import EventStore
-from app.models import InvoiceItem, item_invoice, item_pending
+from app.db.models import InvoiceItem, item_invoice, item_pending
+from app.ingest.store import EventStore
+from app.mirror.envelope import parse_event
+from app.mirror.handlers.base import Outcome
 from tests.events import FIXTURES, encode, load_fixture, signed_headers
 
 BILLING = FIXTURES / "billing"

@@ -17,10 +17,10 @@ from sqlalchemy import Engine, text
 from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
-import app.models  # noqa: F401
-from app.db import make_engine
+import app.db.models  # noqa: F401
+from app.db.engine import make_engine
+from app.db.migrate import upgrade
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from tests.dbs import copy_sqlite, postgres_problem, require_postgres, temporary_pg_database
 from tests.events import SECRET
@@ -126,7 +126,7 @@ class LiveServer:
             [
                 sys.executable,
                 "-m",
-                "app.cli",
+                "app.cli.main",
                 "serve",
                 "--no-migrate",
                 "--port",

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.db import normalize_url
+from app.db.engine import normalize_url
 
 PG_ADMIN_URL = os.environ.get(
     "BILLING_MIRROR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.signature import sign_header
+from app.webhook.signature import sign_header
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "whsec_test_secret_for_billing_mirror"

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 from sqlmodel import SQLModel
 
-from app.envelope import parse_event
-from app.ingest import EventStore
-from app.models import StripeEvent
+from app.db.models import StripeEvent
+from app.ingest.store import EventStore
+from app.mirror.envelope import parse_event
 from tests.events import encode
 
 MIRROR_TABLES = ("invoice_payments", "invoice_items")

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app.envelope import event_from_json
-from app.handlers.base import Outcome
-from app.ingest import EventStore, IngestResult
+from app.ingest.store import EventStore, IngestResult
+from app.mirror.envelope import event_from_json
+from app.mirror.handlers.base import Outcome
 from tests.events import encode, load_fixture, make_event
 
 API_KEY = "bm_test_key_0123456789abcdef"

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401
-from app.db import make_engine
+import app.db.models  # noqa: F401
+from app.db.engine import make_engine
 
 # When an event was received or processed is the only thing two replays may disagree on.
 UNCOMPARED = {"stripe_events": {"received_at", "processed_at"}}

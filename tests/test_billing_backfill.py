@@ -10,8 +10,8 @@ from typing import Any
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
-from app.backfill import BackfillError, backfill_templates, parse_list, run_in_transaction
-from app.cli import cli
+from app.cli.main import cli
+from app.recording.backfill import BackfillError, backfill_templates, parse_list, run_in_transaction
 from tests.billing import INVOICE_G, T0, fixture_path, ingest, recorded, snapshot_of
 from tests.events import make_event
 from tests.mirror import one, rows

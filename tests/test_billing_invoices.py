@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app.envelope import parse_event
-from app.handlers.base import Outcome
+from app.mirror.envelope import parse_event
+from app.mirror.handlers.base import Outcome
 from tests.billing import (
     EVENT_FIXTURES,
     INVOICE_A,

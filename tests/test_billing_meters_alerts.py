@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app.handlers.base import Outcome
+from app.mirror.handlers.base import Outcome
 from tests.billing import METER, T0, deliver, ingest, recorded, snapshot_of
 from tests.events import make_event
 from tests.mirror import one, rows

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from app.db import make_engine
-from app.migrate import downgrade, upgrade
+from app.db.engine import make_engine
+from app.db.migrate import downgrade, upgrade
 from tests.test_migrations import empty_db_url, table_names  # noqa: F401  (fixture)
 
 BILLING_TABLES = {

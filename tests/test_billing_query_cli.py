@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from app.backfill import backfill_templates, read_list, run_in_transaction
-from app.cli import cli
-from app.envelope import parse_event
+from app.cli.main import cli
+from app.mirror.envelope import parse_event
+from app.recording.backfill import backfill_templates, read_list, run_in_transaction
 from tests.billing import EVENT_FIXTURES, INVOICE_A, METER, fixture_path, ingest, recorded
 from tests.events import encode
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app.backfill import backfill_lines, backfill_templates, read_list, run_in_transaction
-from app.envelope import parse_event
+from app.mirror.envelope import parse_event
+from app.recording.backfill import backfill_lines, backfill_templates, read_list, run_in_transaction
 from tests.billing import (
     EVENT_FIXTURES,
     INVOICE_A,

@@ -11,8 +11,8 @@ import pytest
 import stripe
 from sqlalchemy import Engine
 
-from app.backfill import backfill_templates, read_list, run_in_transaction
-from app.envelope import parse_event
+from app.mirror.envelope import parse_event
+from app.recording.backfill import backfill_templates, read_list, run_in_transaction
 from tests.billing import EVENT_FIXTURES, INVOICE_A, INVOICE_G, METER, fixture_path, recorded
 from tests.conftest import LiveServer
 from tests.events import encode, signed_headers

@@ -13,12 +13,12 @@ from freezegun import freeze_time
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app import handlers
-from app.handlers.base import Outcome, Source
 from app.main import create_app
+from app.mirror import dispatch
+from app.mirror.handlers.base import Outcome, Source
+from app.mirror.writes import Writes
 from app.settings import Settings
-from app.signature import compute_signature
-from app.writes import Writes
+from app.webhook.signature import compute_signature
 from tests.events import SECRET, encode, load_fixture, make_event, signed_headers
 from tests.mirror import one, rows, stored_event
 
@@ -223,7 +223,7 @@ class BrokenUntilFixed:
 @pytest.fixture
 def flaky_payment_handler(monkeypatch: pytest.MonkeyPatch) -> BrokenUntilFixed:
     state = BrokenUntilFixed()
-    real = handlers.SNAPSHOT_HANDLERS["invoice_payment.paid"]
+    real = dispatch.SNAPSHOT_HANDLERS["invoice_payment.paid"]
 
     def handler(writes: Writes, obj: dict[str, Any], source: Source) -> None:
         state.calls.append(source.event_id)
@@ -231,7 +231,7 @@ def flaky_payment_handler(monkeypatch: pytest.MonkeyPatch) -> BrokenUntilFixed:
         if state.broken:  # after planning its writes: none of them may reach the mirror
             raise RuntimeError("simulated handler bug")
 
-    monkeypatch.setitem(handlers.SNAPSHOT_HANDLERS, "invoice_payment.paid", handler)
+    monkeypatch.setitem(dispatch.SNAPSHOT_HANDLERS, "invoice_payment.paid", handler)
     return state
 
 
@@ -261,8 +261,8 @@ def test_handler_failure_is_stored_and_retry_reapplies(
 def test_a_failing_event_does_not_undo_its_batch_neighbours(
     make_settings: Callable[..., Settings], engine: Engine, flaky_payment_handler: BrokenUntilFixed
 ) -> None:
-    from app.envelope import parse_event
-    from app.ingest import EventStore
+    from app.ingest.store import EventStore
+    from app.mirror.envelope import parse_event
 
     store = EventStore(engine)
     payment = parse_event(encode(load_fixture("invoice_payment.paid.json")))

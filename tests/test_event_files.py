@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.event_files import ReadProgress, SourceProblem, SourceValue, iter_sources, iter_stream
+from app.recording.event_files import ReadProgress, SourceProblem, SourceValue, iter_sources, iter_stream
 from tests.events import load_fixture, make_event
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -75,7 +75,7 @@ def test_list_envelopes_yield_their_events(indent: int | None, chunk: int) -> No
 
 
 def test_a_large_list_envelope_is_streamed_not_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.event_files as event_files
+    import app.recording.event_files as event_files
 
     monkeypatch.setattr(event_files, "WHOLE_VALUE_LIMIT", 1000)  # force the member-by-member reader
     events = [json.loads(line) for line in LINES] * 20

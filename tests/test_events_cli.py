@@ -8,9 +8,9 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from app.cli import cli
-from app.envelope import parse_event
-from app.ingest import EventStore
+from app.cli.main import cli
+from app.ingest.store import EventStore
+from app.mirror.envelope import parse_event
 from tests.test_ingest_batch import fails_for, item_event, stored
 
 SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"

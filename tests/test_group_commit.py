@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from app.migrate import upgrade
+from app.db.migrate import upgrade
 from tests.conftest import LiveServer, free_port
 from tests.events import encode, load_fixture, make_event, signed_headers
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from app.db import make_engine
-from app.dispatch import apply_event
-from app.envelope import Event, parse_event
-from app.ingest import EventStore
-from app.writes import Writes
+from app.db.engine import make_engine
+from app.ingest.store import EventStore
+from app.mirror.dispatch import apply_event
+from app.mirror.envelope import Event, parse_event
+from app.mirror.writes import Writes
 from tests.events import encode, load_fixture, make_event
 
 ITEM = load_fixture("invoiceitem.created.json")["data"]["object"]
@@ -189,7 +189,7 @@ def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine, 
     and so the outcomes, are the same: see the tests above)."""
     if not db_url.startswith("postgresql"):
         pytest.skip("sqlite3 has no pipelines: in process, a statement costs no round trip")
-    from app.writes import execute_writes_of_events
+    from app.mirror.writes import execute_writes_of_events
 
     events = [item_event(f"ii_p{n}", 100 + n, event_id=f"evt_p{n}") for n in range(4)]
     events.append(item_event("ii_p0", 50, event_id="evt_p_old"))  # older: changes nothing
@@ -220,7 +220,7 @@ def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine, 
 
 
 def test_several_writer_threads_share_the_work_and_answer_every_event(engine: Engine) -> None:
-    from app.committer import GroupCommitter
+    from app.ingest.committer import GroupCommitter
 
     batch = [item_event(f"ii_t{n % 7}", 100 + n, event_id=f"evt_t{n}") for n in range(60)]
 

@@ -129,7 +129,7 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Any) -> None:
     env = {k: v for k, v in os.environ.items() if k != "STRIPE_WEBHOOK_SECRET"}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'x.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "app.cli.main", "serve", "--port", "1"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -11,9 +11,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401
-from app.db import make_engine
-from app.migrate import downgrade, upgrade
+import app.db.models  # noqa: F401
+from app.db.engine import make_engine
+from app.db.migrate import downgrade, upgrade
 from tests.dbs import require_postgres, temporary_pg_database
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from app.envelope import parse_event
-from app.handlers.base import Outcome
-from app.ingest import EventStore
+from app.ingest.store import EventStore
+from app.mirror.envelope import parse_event
+from app.mirror.handlers.base import Outcome
 from tests.events import encode, load_fixture, make_event
 from tests.mirror import one, rows
 

@@ -19,7 +19,7 @@ def run(pytester: pytest.Pytester, source: str) -> pytest.RunResult:
 def test_the_plugin_is_registered_by_its_entry_point(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(
-        ["*mirror -- *app/pytest_plugin.py*", "*signed_delivery -- *", "*replay -- *"]
+        ["*mirror -- *app/testing/pytest_plugin.py*", "*signed_delivery -- *", "*replay -- *"]
     )
 
 

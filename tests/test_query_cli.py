@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from app.cli import cli
+from app.cli.main import cli
 from tests.mirror_data import ingest, item, item_created, item_deleted, payment, payment_event
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app.handlers.base import to_json_text
 from app.main import create_app
+from app.mirror.handlers.base import to_json_text
 from app.settings import Settings
 from tests.mirror_data import (
     API_KEY,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 
 SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 

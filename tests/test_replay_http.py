@@ -7,8 +7,8 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from app.event_files import iter_sources
-from app.replay import replay_http
+from app.recording.event_files import iter_sources
+from app.recording.replay import replay_http
 from tests.events import SECRET
 
 SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.cli import cli
-from app.db import make_engine
-from app.event_files import iter_sources
-from app.ingest import EventStore
-from app.replay import ReplaySummary, replay_direct
+from app.cli.main import cli
+from app.db.engine import make_engine
+from app.ingest.store import EventStore
+from app.recording.event_files import iter_sources
+from app.recording.replay import ReplaySummary, replay_direct
 from tests.conftest import LiveServer
 from tests.dbs import copy_sqlite
 from tests.events import SECRET
@@ -135,10 +135,10 @@ def test_replay_in_process_reports_what_happened(db_url: str) -> None:
 
 def test_the_summary_counts_every_outcome_and_rejects_what_could_not_be_stored() -> None:
     """replay_direct's tally, against a store that answers each kind of result."""
-    from app.apply import DatabaseUnavailable, IngestResult
-    from app.event_files import SourceValue
-    from app.outcome import Outcome
-    from app.replay import replay_direct
+    from app.ingest.apply import DatabaseUnavailable, IngestResult
+    from app.mirror.outcome import Outcome
+    from app.recording.event_files import SourceValue
+    from app.recording.replay import replay_direct
 
     answers = [
         IngestResult("evt_a", Outcome.APPLIED),
@@ -181,7 +181,7 @@ def test_a_replay_leaves_objects_frozen_by_others_frozen() -> None:
     same process) already froze objects: then unfreezing at the end would thaw those too."""
     import gc
 
-    from app.replay import _cyclic_gc_paused
+    from app.recording.replay import _cyclic_gc_paused
 
     gc.unfreeze()  # from nothing frozen: a receiver started by an earlier test froze its objects
     with _cyclic_gc_paused():

@@ -7,7 +7,7 @@ import time
 import pytest
 from freezegun import freeze_time
 
-from app.signature import (
+from app.webhook.signature import (
     SignatureError,
     SignatureProblem,
     compute_signature,

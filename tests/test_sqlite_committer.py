@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from app.apply import DatabaseUnavailable, IngestResult
-from app.committer import WriterStats
-from app.db import make_engine
-from app.envelope import Event
-from app.sqlite_committer import SEND_AT_EVENTS, SqliteCommitter
+from app.db.engine import make_engine
+from app.ingest.apply import DatabaseUnavailable, IngestResult
+from app.ingest.committer import WriterStats
+from app.ingest.sqlite_committer import SEND_AT_EVENTS, SqliteCommitter
+from app.mirror.envelope import Event
 from tests.test_ingest_batch import fails_for, items, stored
 from tests.test_sqlite_writer import events
 

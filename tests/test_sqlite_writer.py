@@ -20,13 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from app.apply import DatabaseUnavailable, IngestResult
-from app.db import make_engine
-from app.dispatch import plan_event
-from app.envelope import Event
-from app.ingest import WriterProcessStore
-from app.sqlite_setup import BackgroundCheckpointer, configure_connection
-from app.sqlite_writer import (
+from app.db.engine import make_engine
+from app.db.sqlite_setup import BackgroundCheckpointer, configure_connection
+from app.ingest.apply import DatabaseUnavailable, IngestResult
+from app.ingest.plan import plan_event
+from app.ingest.sqlite_writer import (
     CHUNK_EVENTS,
     WAL_RESTART_FRAMES,
     SqliteWriterProcess,
@@ -35,6 +33,8 @@ from app.sqlite_writer import (
     encode_batch,
     read_request,
 )
+from app.ingest.store import WriterProcessStore
+from app.mirror.envelope import Event
 from tests.test_ingest_batch import fails_for, item_event, items, stored
 
 
@@ -200,7 +200,7 @@ def test_a_batch_marshal_refuses_crosses_pickled(file_engine: Engine, sqlite_fil
 def test_the_writer_process_imports_no_sqlalchemy() -> None:
     """It starts with each server and each replay: it must stay light to import."""
     probe = (
-        "import sys, app.sqlite_writer;"
+        "import sys, app.ingest.sqlite_writer;"
         " print(sorted(m for m in ('sqlalchemy', 'sqlmodel') if m in sys.modules))"
     )
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -287,7 +287,7 @@ def test_a_replay_keeps_several_batches_in_flight(
 ) -> None:
     """Answers are awaited only once more than IN_FLIGHT_EVENTS were sent: planning does not stop
     for each commit's sync. They still come back in order, one list per batch."""
-    monkeypatch.setattr("app.ingest.IN_FLIGHT_EVENTS", 250)
+    monkeypatch.setattr("app.ingest.store.IN_FLIGHT_EVENTS", 250)
     sent: list[int] = []
     with SqliteWriterProcess(str(sqlite_file)) as writer:
         store = WriterProcessStore(file_engine, writer)

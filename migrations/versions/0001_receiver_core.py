@@ -16,7 +16,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Predicate of the partial indexes on pending invoice items (not yet on an invoice); see app/models.py.
+# Predicate of the partial indexes on pending invoice items (not yet on an invoice); see app/db/models.py.
 PENDING = "invoice IS NULL"
 
 

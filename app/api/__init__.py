@@ -1,1 +1,0 @@
-"""The Stripe-compatible read API (GET /v1/...): HTTP only; the queries live in app.query."""

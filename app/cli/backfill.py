@@ -1,0 +1,62 @@
+"""``billing-mirror backfill ...``: load Stripe list JSON the user fetched into the mirror."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from sqlalchemy import Engine
+
+from app.settings import Settings
+
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group()
+def backfill() -> None:
+    """Fill the mirror from Stripe list JSON (for objects that have no events)."""
+
+
+def _engine(database_url: str | None) -> Engine:
+    from app.db.engine import make_engine
+
+    return make_engine(Settings.from_env(database_url=database_url).database_url)
+
+
+@backfill.command("templates")
+@click.argument("file", type=FILE)
+@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+def templates_command(file: Path, database_url: str | None) -> None:
+    """Upsert invoice rendering templates from FILE (GET /v1/invoice_rendering_templates output)."""
+    from app.recording.backfill import BackfillError, backfill_templates, read_list, run_in_transaction
+
+    engine = _engine(database_url)
+    try:
+        page = read_list(file)
+        changed = run_in_transaction(engine, lambda session: backfill_templates(session, page.data))
+    except BackfillError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"{len(page.data)} templates read, {changed} written")
+
+
+@backfill.command("lines")
+@click.argument("invoice_id")
+@click.argument("file", type=FILE)
+@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+def lines_command(invoice_id: str, file: Path, database_url: str | None) -> None:
+    """Write the lines of INVOICE_ID from FILE (GET /v1/invoices/INVOICE_ID/lines output, one page
+    or a JSON array of consecutive pages)."""
+    from app.recording.backfill import BackfillError, backfill_lines, read_list, run_in_transaction
+
+    engine = _engine(database_url)
+    try:
+        page = read_list(file)
+        result = run_in_transaction(engine, lambda session: backfill_lines(session, invoice_id, page))
+    except BackfillError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    state = "complete" if result.complete else "still incomplete (the list has more pages)"
+    click.echo(f"{result.lines} lines written for {invoice_id}; lines {state}")

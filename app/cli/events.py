@@ -1,0 +1,210 @@
+"""``billing-mirror events``: export, list, show and retry the stored events."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from app.recording.stored_events import (
+    OUTCOMES,
+    EventFilter,
+    failed_event_ids,
+    get_event,
+    iter_payloads,
+    list_events,
+    parse_time,
+    retry_events,
+    single_line,
+)
+from app.settings import Settings
+
+
+class TimeParam(click.ParamType):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--since", type=TimeParam(), help="Events created at or after (unix seconds or ISO 8601)."
+        ),
+        click.option("--until", type=TimeParam(), help="Events created before (unix seconds or ISO 8601)."),
+        click.option(
+            "--type", "types", multiple=True, help="Event type (repeatable; 'invoice.*' for a prefix)."
+        ),
+        click.option(
+            "--status", "statuses", multiple=True, type=click.Choice(OUTCOMES), help="Outcome (repeatable)."
+        ),
+        click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@contextmanager
+def read_engine(database_url: str | None) -> Iterator[Engine]:
+    from app.db.engine import make_engine
+
+    engine = make_engine(Settings.from_env(database_url=database_url).database_url, for_writing=False)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _when(created: int) -> str:
+    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@click.group()
+def events() -> None:
+    """Inspect the stored events, export them, re-apply failed ones."""
+
+
+@events.command("export")
+@filter_options
+def export(
+    since: int | None,
+    until: int | None,
+    types: tuple[str, ...],
+    statuses: tuple[str, ...],
+    database_url: str | None,
+) -> None:
+    """Write the stored events to stdout as JSONL, oldest first: each line is the body as received.
+
+    A body stored with line breaks (only from a pretty-printed file, never from Stripe) is written
+    with its CR/LF characters removed, which leaves the same JSON; their number is told on stderr.
+    """
+    out = sys.stdout.buffer
+    where = EventFilter(since, until, types, statuses)
+    count = joined = 0
+    with read_engine(database_url) as engine:
+        for payload in iter_payloads(engine, where):
+            line, changed = single_line(payload)
+            joined += changed
+            count += 1
+            out.write(line.encode("utf-8") + b"\n")
+    out.flush()
+    click.echo(f"exported {count} events", err=True)
+    if joined:
+        click.echo(
+            f"{joined} of them had line breaks (whitespace) in their body, removed to keep one per line",
+            err=True,
+        )
+
+
+@events.command("list")
+@filter_options
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(1), help="At most this many, newest first."
+)
+def list_command(
+    since: int | None,
+    until: int | None,
+    types: tuple[str, ...],
+    statuses: tuple[str, ...],
+    database_url: str | None,
+    limit: int,
+) -> None:
+    """List stored events, newest first: id, created, type, outcome, attempts, error."""
+    with read_engine(database_url) as engine:
+        rows = list_events(engine, EventFilter(since, until, types, statuses), limit)
+    for row in rows:
+        error = (row.error or "").splitlines()[-1][:100] if row.error else ""
+        line = f"{row.id}  {_when(row.created)}  {row.type:<32}  {row.outcome:<7}  {row.attempts}  {error}"
+        click.echo(line.rstrip())
+    if not rows:
+        click.echo("no stored event matches", err=True)
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--raw", is_flag=True, help="Only the payload, exactly as received.")
+@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+def show(event_id: str, raw: bool, database_url: str | None) -> None:
+    """Show one stored event: what was recorded about it, then its payload."""
+    with read_engine(database_url) as engine:
+        row = get_event(engine, event_id)
+    if row is None:
+        click.echo(f"no stored event {event_id}", err=True)
+        sys.exit(1)
+    if raw:
+        click.echo(row.payload)
+        return
+    for name in ("id", "type", "object_id", "livemode", "account", "api_version", "outcome", "attempts"):
+        click.echo(f"{name + ':':<13}{getattr(row, name)}")
+    click.echo(f"{'created:':<13}{row.created} ({_when(row.created)})")
+    click.echo(f"{'received_at:':<13}{row.received_at}")
+    click.echo(f"{'processed_at:':<13}{row.processed_at}")
+    if row.error:
+        click.echo(f"error:\n{row.error}")
+    click.echo("payload:")
+    try:
+        click.echo(json.dumps(json.loads(row.payload), indent=2, ensure_ascii=False))
+    except ValueError:
+        click.echo(row.payload)
+
+
+@events.command("retry")
+@click.argument("event_ids", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Every stored event whose outcome is failed.")
+@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+def retry(event_ids: tuple[str, ...], all_failed: bool, database_url: str | None) -> None:
+    """Apply failed events again (after a fix). Events that did not fail are left as they are.
+    Exits 1 when an event is still failed or was not found."""
+    if bool(event_ids) == all_failed:
+        raise click.UsageError("Give event ids, or --failed.")
+    from app.db.engine import make_engine
+    from app.ingest.store import EventStore
+
+    url = Settings.from_env(database_url=database_url).database_url
+    writer = make_engine(url)
+    reader = make_engine(url, for_writing=False)
+    counts: dict[str, int] = {}
+    trouble = 0
+    try:
+        store = EventStore(writer)
+        if all_failed:
+            after = ""
+            while ids := failed_event_ids(reader, EventFilter(), after=after):
+                after = ids[-1]
+                trouble += _report(retry_events(store, reader, ids), counts)
+        else:
+            trouble += _report(retry_events(store, reader, list(event_ids)), counts)
+    finally:
+        writer.dispose()
+        reader.dispose()
+    click.echo(", ".join(f"{name} {number}" for name, number in sorted(counts.items())) or "nothing to retry")
+    if trouble:
+        sys.exit(1)
+
+
+def _report(results: list[Any], counts: dict[str, int]) -> int:
+    trouble = 0
+    for result in results:
+        if result.duplicate:
+            name = "not failed, left as is"
+            click.echo(f"{result.event_id}: {name} ({result.outcome})")
+        else:
+            name = result.outcome
+            detail = f": {result.error.splitlines()[-1]}" if result.error else ""
+            click.echo(f"{result.event_id}: {name}{detail}")
+            trouble += name in ("failed", "not found", "unreadable", "unavailable")
+        counts[name] = counts.get(name, 0) + 1
+    return trouble

@@ -1,0 +1,105 @@
+"""The ``billing-mirror`` command. Subcommands of other areas register themselves in ``main``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from app.cli.backfill import backfill
+from app.cli.read import register as register_query_commands
+from app.settings import ConfigurationError, Settings
+
+
+@click.group()
+def cli() -> None:
+    """billing-mirror: a verified Stripe Billing webhook receiver and SQL mirror."""
+
+
+@cli.command()
+@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+def migrate(database_url: str | None) -> None:
+    """Bring the database schema up to date."""
+    from app.db.migrate import upgrade
+
+    settings = Settings.from_env(database_url=database_url)
+    upgrade(settings.database_url)
+    click.echo(f"migrated {settings.database_url.split('@')[-1]} to head")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
+@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@click.option(
+    "--secret", "secrets", multiple=True, help="Signing secret (repeatable); or STRIPE_WEBHOOK_SECRET."
+)
+@click.option("--tolerance", type=int, help="Allowed signature age in seconds (default 300).")
+@click.option("--max-body-bytes", type=int, help="Largest accepted body (default 1 MiB).")
+@click.option("--no-migrate", is_flag=True, help="Do not run migrations before serving.")
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    database_url: str | None,
+    secrets: tuple[str, ...],
+    tolerance: int | None,
+    max_body_bytes: int | None,
+    no_migrate: bool,
+) -> None:
+    """Run the webhook receiver (and read API) with uvicorn."""
+    import os
+
+    import uvicorn
+
+    try:
+        settings = Settings.from_env(
+            database_url=database_url,
+            webhook_secrets=tuple(secrets) or None,
+            tolerance_seconds=tolerance,
+            max_body_bytes=max_body_bytes,
+        )
+        settings.require_secrets()
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not no_migrate:
+        from app.db.migrate import upgrade
+
+        upgrade(settings.database_url)
+    # Worker processes build their own app from the environment, so hand the settings over there.
+    os.environ["DATABASE_URL"] = settings.database_url
+    os.environ["STRIPE_WEBHOOK_SECRET"] = ",".join(settings.webhook_secrets)
+    os.environ["STRIPE_WEBHOOK_TOLERANCE"] = str(settings.tolerance_seconds)
+    os.environ["MAX_BODY_BYTES"] = str(settings.max_body_bytes)
+    click.echo(f"billing-mirror listening on http://{host}:{port}/webhooks/stripe", err=True)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+from app.cli.events import events  # noqa: E402
+from app.cli.replay import replay  # noqa: E402
+
+cli.add_command(replay)
+cli.add_command(events)
+register_query_commands(cli)  # payments / items: list and get
+cli.add_command(backfill)
+
+
+def main() -> None:
+    try:
+        cli()
+    except ConfigurationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

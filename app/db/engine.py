@@ -1,0 +1,78 @@
+"""Engines for SQLite (embedded) and PostgreSQL (shared by many receivers)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from app.db.sqlite_setup import configure_connection
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for other databases and for in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and use psycopg 3, the driver we ship."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _configure_sqlite(engine: Engine, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        configure_connection(dbapi_connection)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that later upgrades can fail
+        # with SQLITE_BUSY instead of waiting.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class CommitCounter:
+    """Counts the transactions an engine really committed (group commit makes it far fewer than events)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.commits = 0
+        self._lock = threading.Lock()  # several writer threads may commit at once
+        event.listen(engine, "commit", self._on_commit)
+
+    def _on_commit(self, _connection: Any) -> None:
+        with self._lock:
+            self.commits += 1
+
+
+def json_text(value: Any) -> str:
+    """JSON columns are written with orjson (several per mirrored row); the standard encoder takes
+    what orjson refuses (integers past 64 bits, non-string keys) so nothing that wrote before fails."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:
+    """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer."""
+    url = normalize_url(url)
+    kwargs.setdefault("json_serializer", json_text)
+    if is_sqlite(url):
+        engine = create_engine(url, **kwargs)
+        _configure_sqlite(engine, immediate=for_writing)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)

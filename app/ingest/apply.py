@@ -1,0 +1,318 @@
+"""Store and apply planned events, one transaction per batch: the core of ingest, on a DBAPI connection.
+
+Events arrive planned (app.ingest.plan.plan_event): their stripe_events row and the guarded writes their
+handler asked for. This module decides, inside one transaction, which are new, runs their writes,
+records every outcome and commits. It needs nothing but the driver connection and the standard library,
+so the same code runs in a receiver (app.ingest.store) and in the SQLite writer process of a replay
+(app.ingest.sqlite_writer).
+
+A batch is first applied optimistically, in a few statements and without savepoints. If a write fails,
+that attempt is rolled back and the batch is redone with each event in its own savepoint, so the
+failing event is stored as ``failed`` without undoing its neighbours. A handler that failed while
+planning wrote nothing, so it needs no redo: its event is simply stored as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from app.mirror.outcome import Outcome
+from app.mirror.writes import Write, execute_writes, execute_writes_of_events
+
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
+MAX_ERROR_CHARS = 4000
+_LOOKUP_CHUNK = 5000
+
+# stripe_events columns: the first ten come planned with the event, the others are decided here.
+EVENT_COLUMNS = (
+    "id",
+    "type",
+    "created",
+    "api_version",
+    "livemode",
+    "account",
+    "thin",
+    "object_id",
+    "payload",
+    "received_at",
+    "processed_at",
+    "outcome",
+    "attempts",
+    "error",
+)
+OBJECT_ID = EVENT_COLUMNS.index("object_id")
+RECEIVED_AT = EVENT_COLUMNS.index("received_at")
+
+
+# Named tuples, not dataclasses: thousands cross the pipe to the writer process per batch, and a
+# tuple pickles several times faster.
+class PlannedEvent(NamedTuple):
+    """An event ready to store and apply."""
+
+    id: str
+    row: tuple[Any, ...]  # the first ten EVENT_COLUMNS (up to received_at), ready for the driver
+    writes: list[Write]  # none: nothing of this event is mirrored (ignored)
+    error: str | None = None  # its handler raised while planning: stored as failed
+
+
+class IngestResult(NamedTuple):
+    event_id: str
+    outcome: Outcome
+    duplicate: bool = False
+    error: str | None = None
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or kept failing; nothing was committed for the event."""
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Errors of the connection or of concurrency (deadlock, lock timeout), not of the event.
+
+    By the DB-API's exception names, which sqlite3, psycopg and SQLAlchemy all use."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    return any(kind.__name__ in ("OperationalError", "InterfaceError") for kind in type(exc).__mro__)
+
+
+def describe(exc: BaseException) -> str:
+    """The error stored with a failed event: its type and message, never a traceback."""
+    return "".join(traceback.format_exception_only(exc)).strip()[:MAX_ERROR_CHARS]
+
+
+@dataclass(frozen=True)
+class EventSql:
+    """The stripe_events statements in one driver's parameter style."""
+
+    store: str  # INSERT .. ON CONFLICT (id) DO NOTHING
+    record: str  # the new outcome of a stored event
+    known: str  # (id, outcome, attempts) of the stored events among an array of ids
+    ids_param: Callable[[list[str]], Any]
+
+
+def event_sql(dialect: str) -> EventSql:
+    mark = {"sqlite": "?", "postgresql": "%s"}[dialect]
+    columns = ", ".join(EVENT_COLUMNS)
+    store = (
+        f"INSERT INTO stripe_events ({columns}) VALUES ({', '.join([mark] * len(EVENT_COLUMNS))})"
+        " ON CONFLICT (id) DO NOTHING"
+    )
+    record = (
+        f"UPDATE stripe_events SET outcome = {mark}, error = {mark}, processed_at = {mark},"
+        f" attempts = {mark} WHERE id = {mark}"
+    )
+    if dialect == "sqlite":
+        # One statement text whatever the number of ids: they travel as one JSON array.
+        known = (
+            "SELECT id, outcome, attempts FROM stripe_events"
+            " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+        )
+        return EventSql(store, record, known, json.dumps)
+    # FOR UPDATE: another receiver cannot re-apply the same failed event meanwhile.
+    known = "SELECT id, outcome, attempts FROM stripe_events WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+    return EventSql(store, record, known, list)
+
+
+def stored_outcomes(driver: Any, sql: EventSql, ids: list[str]) -> dict[str, tuple[str, int]]:
+    """(outcome, attempts) of the events among ``ids`` that are already stored."""
+    stored: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        for event_id, outcome, attempts in driver.execute(sql.known, (sql.ids_param(chunk),)).fetchall():
+            stored[event_id] = (outcome, attempts)
+    return stored
+
+
+class RedoCarefully(Exception):
+    """The optimistic pass met a failing write or a concurrent writer: redo the batch carefully."""
+
+
+def _processed_at(outcome: Outcome, planned: PlannedEvent) -> Any:
+    """A failed event is not processed; any other was processed when it was received."""
+    return None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
+
+
+def _outcome_of(changed: int, planned: PlannedEvent) -> Outcome:
+    if not planned.writes:
+        return Outcome.IGNORED
+    return Outcome.APPLIED if changed > 0 else Outcome.STALE
+
+
+def apply_optimistically(
+    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int]
+) -> list[IngestResult]:
+    """The whole batch without savepoints, in a handful of statements.
+
+    1. One SELECT finds the events already stored, and locks them on PostgreSQL (SQLite writers
+       hold the database lock from BEGIN IMMEDIATE on).
+    2. The writes run in ``order`` for new events and for stored failed ones, all sent at once
+       (app.mirror.writes.execute_writes_of_events: one round trip on PostgreSQL).
+    3. One executemany INSERT .. ON CONFLICT DO NOTHING stores the new events with their outcome,
+       and one executemany UPDATE records the outcome of the re-applied ones.
+
+    If a write raises, or if the INSERT stores fewer rows than expected (another receiver stored one
+    of these events after step 1), RedoCarefully propagates and the caller rolls the transaction back.
+    """
+    first_seen: dict[str, int] = {}
+    for index in order:
+        first_seen.setdefault(events[index].id, index)
+    stored = stored_outcomes(driver, sql, sorted(first_seen))
+
+    # First which events to apply (the first copy of each new event, or of a stored one that failed,
+    # unless its handler failed), then all their writes at once, then each outcome.
+    to_apply = []
+    for index in order:
+        planned = events[index]
+        known = stored.get(planned.id)
+        if (
+            first_seen[planned.id] == index
+            and planned.error is None
+            and (known is None or known[0] == Outcome.FAILED)
+        ):
+            to_apply.append(index)
+    try:
+        changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            raise
+        raise RedoCarefully("a write of this batch failed") from exc
+    changed_by_index = dict(zip(to_apply, changes, strict=True))
+
+    results: list[IngestResult | None] = [None] * len(events)
+    outcome_of_id: dict[str, Outcome] = {}
+    new_rows: list[tuple[Any, ...]] = []
+    reapplied: list[tuple[Any, ...]] = []
+    for index in order:
+        planned = events[index]
+        event_id = planned.id
+        if first_seen[event_id] != index:  # the same event twice in one batch
+            results[index] = IngestResult(event_id, outcome_of_id[event_id], duplicate=True)
+            continue
+        known = stored.get(event_id)
+        if known is not None and known[0] != Outcome.FAILED:
+            outcome_of_id[event_id] = Outcome(known[0])
+            results[index] = IngestResult(event_id, Outcome(known[0]), duplicate=True)
+            continue
+        if planned.error is not None:
+            outcome = Outcome.FAILED
+        else:
+            outcome = _outcome_of(changed_by_index[index], planned)
+        outcome_of_id[event_id] = outcome
+        results[index] = IngestResult(event_id, outcome, error=planned.error)
+        processed = _processed_at(outcome, planned)
+        if known is None:
+            new_rows.append((*planned.row, processed, outcome.value, 1, planned.error))
+        else:
+            reapplied.append((outcome.value, planned.error, processed, known[1] + 1, event_id))
+    if new_rows:
+        cursor = driver.cursor()
+        cursor.executemany(sql.store, new_rows)
+        if cursor.rowcount != len(new_rows):
+            raise RedoCarefully("an event of this batch was stored concurrently")
+    if reapplied:
+        driver.cursor().executemany(sql.record, reapplied)
+    return [result for result in results if result is not None]
+
+
+def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent) -> IngestResult:
+    """One event, its writes in a savepoint: a failing write is recorded without undoing the rest of
+    the transaction. The event row is stored first, which on PostgreSQL makes a concurrent receiver
+    of the same event wait for this transaction instead of applying it too."""
+    stored_row = (*planned.row, None, Outcome.FAILED.value, 1, None)
+    inserted = driver.execute(sql.store, stored_row).rowcount
+    attempts = 1
+    if not inserted:
+        outcome_text, previous_attempts = stored_outcomes(driver, sql, [planned.id])[planned.id]
+        if outcome_text != Outcome.FAILED:
+            return IngestResult(planned.id, Outcome(outcome_text), duplicate=True)
+        attempts = previous_attempts + 1
+
+    error = planned.error
+    outcome = Outcome.FAILED
+    if error is None:
+        driver.execute("SAVEPOINT apply_event")
+        try:
+            outcome = _outcome_of(execute_writes(driver, planned.writes), planned)
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            driver.execute("ROLLBACK TO SAVEPOINT apply_event")
+            error = describe(exc)
+        driver.execute("RELEASE SAVEPOINT apply_event")
+    driver.execute(sql.record, (outcome.value, error, _processed_at(outcome, planned), attempts, planned.id))
+    return IngestResult(planned.id, outcome, error=error)
+
+
+Transaction = Callable[[], AbstractContextManager[Any]]
+
+
+def apply_order(events: Sequence[PlannedEvent], keep_order: bool) -> list[int]:
+    """Rows are touched in a fixed order (by object, then event) so that concurrent batches on
+    PostgreSQL lock in the same order and rarely deadlock; ``keep_order`` applies the events in the
+    order given instead (replays of a recording)."""
+    if keep_order:
+        return list(range(len(events)))
+    return sorted(range(len(events)), key=lambda i: (events[i].row[OBJECT_ID] or "", events[i].id))
+
+
+def apply_batch(
+    transaction: Transaction,
+    sql: EventSql,
+    events: Sequence[PlannedEvent],
+    *,
+    keep_order: bool = False,
+) -> list[IngestResult]:
+    """One transaction (``transaction()`` yields a driver connection and commits on success).
+
+    Tried optimistically first; only when a write fails is it rolled back and redone with one
+    savepoint per event, so that the failing event is stored as failed and its neighbours applied."""
+    order = apply_order(events, keep_order)
+    try:
+        with transaction() as driver:
+            return apply_optimistically(driver, sql, events, order)
+    except RedoCarefully:
+        pass
+    results: list[IngestResult | None] = [None] * len(events)
+    with transaction() as driver:
+        for index in order:
+            results[index] = apply_carefully(driver, sql, events[index])
+    return [result for result in results if result is not None]
+
+
+def apply_with_recovery(
+    transaction: Transaction,
+    sql: EventSql,
+    events: Sequence[PlannedEvent],
+    *,
+    keep_order: bool = False,
+) -> list[IngestResult | DatabaseUnavailable]:
+    """``apply_batch``; a batch hit by a deadlock or a lost connection is redone one event per
+    transaction, each retried with back-off before it is reported unavailable."""
+    try:
+        return list(apply_batch(transaction, sql, events, keep_order=keep_order))
+    except Exception as exc:
+        if not is_infrastructure_error(exc):
+            raise
+    return [_apply_one_with_retries(transaction, sql, event) for event in events]
+
+
+def _apply_one_with_retries(
+    transaction: Transaction, sql: EventSql, event: PlannedEvent
+) -> IngestResult | DatabaseUnavailable:
+    last: Exception | None = None
+    for delay in (0.0, *RETRY_DELAYS):
+        if delay:
+            time.sleep(delay)
+        try:
+            return apply_batch(transaction, sql, [event])[0]
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise
+            last = exc
+    return DatabaseUnavailable(f"database unavailable: {type(last).__name__}")

@@ -1,0 +1,132 @@
+"""Group commit: requests that arrive while a commit is in flight share the next one.
+
+The event loop hands each verified event to a writer thread and awaits its result; the writer
+drains whatever is queued (up to ``max_batch``) into one transaction. Under load that turns
+hundreds of fsyncs into a few, while every caller still learns its outcome only after the commit.
+
+Several writers can overlap: while one waits for PostgreSQL's answer (with the GIL released),
+another plans its batch. A receiver runs one (app.main: a batch's writes take one round trip, and
+more threads mostly contend for the GIL). Batches of different writers may touch the same rows;
+ingest orders its writes and redoes a batch that hit a deadlock, as it does for several receiver
+processes. (A receiver on a SQLite file uses app.ingest.sqlite_committer instead, on the event loop, with
+its writer process.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from app.ingest.store import IngestResult, Ingests
+from app.mirror.envelope import Event
+
+_STOP = object()
+
+
+class IngestCrashed(Exception):
+    """Ingestion raised something that is neither a handler failure nor a database outage."""
+
+
+def _resolve(answers: list[tuple[asyncio.Future[IngestResult], Any]]) -> None:
+    for future, result in answers:
+        if future.done():  # the request was cancelled (client went away) while we committed
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+@dataclass
+class WriterStats:
+    """What the writers have done since start (updated under the committer's lock)."""
+
+    batches: int = 0  # ingest() calls, one transaction each unless the batch had to be redone
+    events: int = 0
+    largest_batch: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Committer(Protocol):
+    """What the webhook endpoint hands events to: GroupCommitter, or SqliteCommitter on a SQLite file."""
+
+    stats: WriterStats
+
+    async def submit(self, event: Event) -> IngestResult: ...
+
+
+class GroupCommitter:
+    def __init__(self, store: Ingests, max_batch: int = 256, writers: int = 1) -> None:
+        if writers < 1:
+            raise ValueError("a GroupCommitter needs at least one writer")
+        self.store = store
+        self.max_batch = max_batch
+        self.writers = writers
+        self.stats = WriterStats()
+        self._stats_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for number in range(self.writers):
+            thread = threading.Thread(target=self._run, name=f"billing-mirror-writer-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)  # each writer takes exactly one and finishes its batch first
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    async def submit(self, event: Event) -> IngestResult:
+        if not self._threads:
+            raise RuntimeError("GroupCommitter is not started")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        self._queue.put((event, loop, future))
+        return await future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[Any]) -> None:
+        results: list[Any]
+        try:
+            results = list(self.store.ingest([event for event, _, _ in batch]))
+        except Exception as exc:  # a bug, not the database: fail these requests, keep the writer alive
+            results = [IngestCrashed(f"{type(exc).__name__}: {exc}")] * len(batch)
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.events += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        # One wake-up of each event loop per batch, not one per event: the loop thread competes
+        # with this one for the GIL, and every call_soon_threadsafe writes to its self-pipe.
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IngestResult], Any]]] = {}
+        for (_, loop, future), result in zip(batch, results, strict=True):
+            answers.setdefault(loop, []).append((future, result))
+        for loop, loop_answers in answers.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve, loop_answers)

@@ -1,0 +1,40 @@
+"""Plan an event for ingest: its stripe_events row and every guarded write its handler asks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Dialect
+
+from app.ingest.apply import PlannedEvent, describe
+from app.mirror.dispatch import Apply, apply_event
+from app.mirror.envelope import Event
+from app.mirror.writes import Writes
+
+
+def event_row(event: Event, received: Any) -> tuple[Any, ...]:
+    """The planned part of the stripe_events row (app.ingest.apply.EVENT_COLUMNS), the raw body kept exact;
+    ``received`` is the receipt time as the driver stores it."""
+    return (
+        event.id,
+        event.type,
+        event.created,
+        event.api_version,
+        event.livemode,
+        event.account,
+        event.thin,
+        event.object_id,
+        event.raw,
+        received,
+    )
+
+
+def plan_event(event: Event, dialect: Dialect, received: Any, apply: Apply = apply_event) -> PlannedEvent:
+    """``event`` ready for app.ingest.apply. A handler that raises plans nothing: the event will be stored
+    as failed with the error, and a later delivery of it tries again."""
+    writes = Writes(dialect)
+    try:
+        apply(writes, event)
+    except Exception as exc:
+        return PlannedEvent(event.id, event_row(event, received), [], error=describe(exc))
+    return PlannedEvent(event.id, event_row(event, received), writes.planned)

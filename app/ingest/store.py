@@ -1,0 +1,166 @@
+"""The one place that owns transactions in a receiver: plan events, then store and apply them in one
+transaction per batch and commit, before any caller is told an outcome.
+
+Planning (app.mirror.dispatch) happens before the transaction opens, so locks are held only while rows are
+written; storing and applying is app.ingest.apply, run on the DBAPI connection of a SQLAlchemy session.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Protocol
+
+from sqlalchemy import Dialect, Engine
+from sqlalchemy.orm import Session
+
+from app.db.engine import sqlite_path
+from app.db.models import StripeEvent
+from app.ingest.apply import (
+    DatabaseUnavailable,
+    EventSql,
+    IngestResult,
+    PlannedEvent,
+    apply_with_recovery,
+    event_sql,
+    is_infrastructure_error,
+)
+from app.ingest.plan import plan_event
+from app.ingest.sqlite_writer import SqliteWriterProcess, WriterProcessError
+from app.mirror.dispatch import Apply, apply_event
+from app.mirror.driver_sql import driver_connection
+from app.mirror.envelope import Event
+from app.mirror.upsert import table_of
+
+__all__ = [
+    "DatabaseUnavailable",
+    "EventStore",
+    "IngestResult",
+    "WriterProcessStore",
+    "event_store_for",
+    "is_infrastructure_error",
+]
+
+Results = list[IngestResult | DatabaseUnavailable]
+# Planned events a replay sends ahead of the answers it has (WriterProcessStore.ingest_in_order).
+IN_FLIGHT_EVENTS = 4000
+
+
+class Ingests(Protocol):
+    """What the group committer needs: EventStore, or WriterProcessStore on SQLite."""
+
+    def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results: ...
+
+
+@lru_cache(maxsize=8)
+def statements_for(dialect: Dialect) -> EventSql:
+    return event_sql(dialect.name)
+
+
+@lru_cache(maxsize=8)
+def _received_at_to_driver(dialect: Dialect) -> Callable[[Any], Any] | None:
+    column_type = table_of(StripeEvent).c.received_at.type
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
+
+
+def received_now(dialect: Dialect) -> Any:
+    """The current time as the driver stores stripe_events.received_at (a string on SQLite)."""
+    to_driver = _received_at_to_driver(dialect)
+    now = datetime.now(UTC)
+    return to_driver(now) if to_driver is not None else now
+
+
+class EventStore:
+    """Stores and applies events against one engine; safe to share between threads."""
+
+    def __init__(self, engine: Engine, apply: Apply = apply_event) -> None:
+        self.engine = engine
+        self.apply = apply
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with Session(self.engine) as session, session.begin():
+            yield driver_connection(session)
+
+    def plan(self, events: Sequence[Event]) -> list[PlannedEvent]:
+        dialect = self.engine.dialect
+        received = received_now(dialect)
+        return [plan_event(event, dialect, received, self.apply) for event in events]
+
+    def ingest(
+        self, events: Sequence[Event], *, keep_order: bool = False
+    ) -> list[IngestResult | DatabaseUnavailable]:
+        """Ingest with recovery: a batch hit by a deadlock or a lost connection is redone one event
+        per transaction, each retried with back-off before it is reported unavailable."""
+        sql = statements_for(self.engine.dialect)
+        return apply_with_recovery(self._transaction, sql, self.plan(events), keep_order=keep_order)
+
+    def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
+        """Each batch in its own transaction, its events applied in the order given (a replay)."""
+        for events in batches:
+            yield self.ingest(events, keep_order=True)
+
+
+class WriterProcessStore:
+    """EventStore's interface, with the writing done by a SqliteWriterProcess on another core.
+
+    This process plans (decoding already happened); the child stores and applies each batch with the
+    same code (app.ingest.apply) and commits. Batches from several threads are pipelined: one is written
+    while the next is planned."""
+
+    def __init__(self, engine: Engine, writer: SqliteWriterProcess, apply: Apply = apply_event) -> None:
+        self.dialect = engine.dialect
+        self.writer = writer
+        self.apply = apply
+
+    def _submit(self, events: Sequence[Event], keep_order: bool) -> Future[Results]:
+        received = received_now(self.dialect)
+        planned = [plan_event(event, self.dialect, received, self.apply) for event in events]
+        return self.writer.submit(planned, keep_order=keep_order)
+
+    def _results(self, future: Future[Results], count: int) -> Results:
+        """The outcomes of a batch; if the writer process died meanwhile, it is restarted and the
+        batch is reported unavailable (a receiver answers 503, Stripe delivers again)."""
+        try:
+            return future.result()
+        except WriterProcessError as exc:
+            self.writer.restart()
+            return [DatabaseUnavailable(str(exc))] * count
+
+    def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results:
+        return self._results(self._submit(events, keep_order), len(events))
+
+    def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
+        """Batches are written while the next ones are planned. Up to IN_FLIGHT_EVENTS wait for
+        their answers, so that this process never stops planning while the child syncs the WAL
+        of a commit; the child merges the ones queued behind its transaction into the next."""
+        in_flight: deque[tuple[Future[Results], int]] = deque()
+        waiting = 0
+        for events in batches:
+            in_flight.append((self._submit(events, keep_order=True), len(events)))
+            waiting += len(events)
+            while len(in_flight) > 1 and waiting > IN_FLIGHT_EVENTS:
+                future, count = in_flight.popleft()
+                waiting -= count
+                yield self._results(future, count)
+        while in_flight:
+            yield self._results(*in_flight.popleft())
+
+
+@contextmanager
+def event_store_for(engine: Engine, database_url: str) -> Iterator[EventStore | WriterProcessStore]:
+    """The store a replay writes through. On a SQLite file: a WriterProcessStore, whose writer
+    process is started here and stopped (after finishing what it was sent) on exit. Otherwise
+    (PostgreSQL, which writes in its own processes, or an in-memory SQLite database that only this
+    process can open): an EventStore. (A receiver makes the same choice in app.main, with the
+    event-loop SqliteCommitter on a SQLite file.)"""
+    path = sqlite_path(database_url)
+    if path is None:
+        yield EventStore(engine)
+        return
+    with SqliteWriterProcess(path) as writer:
+        yield WriterProcessStore(engine, writer)

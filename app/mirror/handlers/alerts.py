@@ -1,0 +1,55 @@
+"""billing.alert.triggered: its object is a billing.alert_triggered (no id) embedding the whole alert.
+
+The alert goes to billing_alerts (newest event wins); the trigger is appended to
+billing_alert_triggers under the event id, so a redelivered event never appends twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.db.models import BillingAlert, BillingAlertTrigger
+from app.mirror.handlers.base import Source, StripeObject, dig, ref_id, to_json_text
+from app.mirror.upsert import Version, guarded_upsert
+from app.mirror.writes import Writes
+
+
+def filter_customer(alert: StripeObject) -> str | None:
+    """The customer of the alert's customer filter, when it has exactly one."""
+    filters = dig(alert, "usage_threshold", "filters")
+    if not isinstance(filters, list):
+        return None
+    customers = {ref_id(f.get("customer")) for f in filters if isinstance(f, dict) and f.get("customer")}
+    return customers.pop() if len(customers) == 1 else None
+
+
+def alert_columns(alert: StripeObject) -> dict[str, Any]:
+    return {
+        "alert_type": alert.get("alert_type"),
+        "status": alert.get("status"),
+        "title": alert.get("title"),
+        "livemode": alert.get("livemode"),
+        "meter": ref_id(dig(alert, "usage_threshold", "meter")),
+        "gte": dig(alert, "usage_threshold", "gte"),
+        "recurrence": dig(alert, "usage_threshold", "recurrence"),
+        "customer": filter_customer(alert),
+        "filters": dig(alert, "usage_threshold", "filters"),
+        "payload": to_json_text(alert),
+    }
+
+
+def handle_alert_triggered(writes: Writes, obj: StripeObject, source: Source) -> None:
+    alert = obj.get("alert")
+    if not isinstance(alert, dict) or not isinstance(alert.get("id"), str):
+        raise ValueError("billing.alert_triggered carries no alert with an id")
+    version = Version(0, source.created, 0, source.event_id)
+    guarded_upsert(writes, BillingAlert, {"id": alert["id"]}, alert_columns(alert), version)
+    trigger = {
+        "alert": alert["id"],
+        "customer": ref_id(obj.get("customer")),
+        "value": obj.get("value"),
+        "created": obj.get("created"),
+        "livemode": obj.get("livemode"),
+        "payload": to_json_text(obj),
+    }
+    guarded_upsert(writes, BillingAlertTrigger, {"event_id": source.event_id}, trigger, version)

@@ -1,0 +1,64 @@
+"""What every handler shares: its signature and small helpers for Stripe values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import orjson
+
+from app.mirror.outcome import Outcome
+from app.mirror.writes import Writes
+
+__all__ = ["Outcome"]  # re-exported: handlers and their callers name outcomes from here
+
+
+class Source(NamedTuple):
+    """The event a snapshot came from: handlers version their writes with it (a tuple: one is built
+    per event planned, and a frozen dataclass costs several times more to build)."""
+
+    event_id: str
+    created: int
+    type: str
+
+
+StripeObject = dict[str, Any]
+# A handler plans guarded writes for the object; it never touches the database. The event is
+# applied when any of them changes a row, stale when none does, ignored when it plans none.
+Handler = Callable[[Writes, StripeObject, Source], None]
+
+
+def ref_id(value: Any) -> str | None:
+    """An expandable field is an id string, or the object itself when expanded."""
+    if type(value) is str:  # the common case first: called for many fields of every row
+        return value
+    if isinstance(value, dict):
+        inner = value.get("id")
+        return inner if isinstance(inner, str) else None
+    return value if isinstance(value, str) else None
+
+
+def dig(obj: Any, *path: str) -> Any:
+    for name in path:
+        if type(obj) is not dict and not isinstance(obj, dict):
+            return None
+        obj = obj.get(name)
+    return obj
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is an object, else an empty one: a sub-object read once, then its fields with
+    plain ``.get`` (``as_dict(as_dict(obj).get("a")).get("b")`` is ``dig(obj, "a", "b")``)."""
+    return value if isinstance(value, dict) else {}
+
+
+def count_set(mapping: Any) -> int:
+    """How many timestamps of a status_transitions object are set; used to break same-second ties."""
+    if not isinstance(mapping, dict):
+        return 0
+    return len(mapping) - list(mapping.values()).count(None)
+
+
+def to_json_text(obj: Any) -> str:
+    """Compact JSON, non-ASCII kept as is (orjson: the payload of every row is written with it)."""
+    return orjson.dumps(obj).decode()

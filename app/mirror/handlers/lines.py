@@ -1,0 +1,92 @@
+"""Invoice line items: the `lines` list of an invoice snapshot (or a backfilled lines page).
+
+Lines are written with the version of the snapshot that listed them. ``invoice_line_sets`` remembers,
+per invoice, the newest version that listed every line (``has_more`` false); lines written by an
+older version are deleted in one guarded statement. Invoice items referenced by a line learn their
+invoice in ``invoice_item_invoices``. The result depends only on the set of snapshots seen, never on
+their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.db.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
+from app.mirror.handlers.base import StripeObject, as_dict, ref_id, to_json_text
+from app.mirror.upsert import Version, delete_superseded, guarded_upsert, guarded_upsert_many
+from app.mirror.writes import Writes
+
+
+def line_parent_details(line: StripeObject) -> dict[str, Any]:
+    """The parent block named by parent.type (invoice_item_details or subscription_item_details)."""
+    parent = line.get("parent")
+    if not isinstance(parent, dict):
+        return {}
+    kind = parent.get("type")
+    return as_dict(parent.get(kind)) if isinstance(kind, str) else {}
+
+
+def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str, Any]:
+    get = line.get
+    details = line_parent_details(line)
+    pricing = get("pricing") or {}
+    period = get("period") or {}
+    discounts = get("discounts")
+    price = as_dict(as_dict(pricing).get("price_details"))  # a pricing that is not an object fails below
+    return {
+        "invoice": invoice_id,
+        "position": position,
+        "amount": get("amount"),
+        "currency": get("currency"),
+        "description": get("description"),
+        "discount_amounts": get("discount_amounts"),
+        "discountable": get("discountable"),
+        "discounts": [ref_id(d) or d for d in discounts] if isinstance(discounts, list) else discounts,
+        "livemode": get("livemode"),
+        "metadata": get("metadata"),
+        "parent_type": as_dict(get("parent")).get("type"),
+        "invoice_item": details.get("invoice_item"),
+        "subscription_item": details.get("subscription_item"),
+        "subscription": ref_id(details.get("subscription")) or ref_id(get("subscription")),
+        "proration": details.get("proration"),
+        "proration_details": details.get("proration_details"),
+        "period_start": period.get("start"),
+        "period_end": period.get("end"),
+        "pretax_credit_amounts": get("pretax_credit_amounts"),
+        "pricing_type": pricing.get("type"),
+        "price": ref_id(price.get("price")),
+        "product": price.get("product"),
+        "unit_amount_decimal": pricing.get("unit_amount_decimal"),
+        "quantity": get("quantity"),
+        "quantity_decimal": get("quantity_decimal"),
+        "subtotal": get("subtotal"),
+        "taxes": get("taxes"),
+        "payload": to_json_text(line),
+    }
+
+
+def write_lines(
+    writes: Writes, invoice_id: str, lines: Sequence[Any], complete: bool, version: Version
+) -> None:
+    """Upsert ``lines`` (in invoice order) and drop lines superseded by the newest complete list.
+
+    The invoice row must already exist in this transaction (its upsert also locks it on PostgreSQL,
+    which serialises everything below for one invoice across receivers).
+    """
+    rows = []
+    item_ids: set[str] = set()
+    for position, line in enumerate(lines):
+        if not isinstance(line, dict) or not isinstance(line.get("id"), str):
+            continue
+        columns = line_columns(line, invoice_id, position)
+        rows.append(({"id": line["id"]}, columns))
+        if isinstance(columns["invoice_item"], str):
+            item_ids.add(columns["invoice_item"])
+    guarded_upsert_many(writes, InvoiceLineItem, rows, version)
+    if complete:
+        guarded_upsert(writes, InvoiceLineSet, {"invoice": invoice_id}, {}, version)
+    delete_superseded(writes, InvoiceLineItem, "invoice", InvoiceLineSet, "invoice", invoice_id)
+    # Sorted so that two transactions touching the same items lock them in the same order.
+    links = [({"invoice_item": item_id}, {"invoice": invoice_id}) for item_id in sorted(item_ids)]
+    guarded_upsert_many(writes, InvoiceItemInvoice, links, version)

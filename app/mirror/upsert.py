@@ -1,0 +1,216 @@
+"""The single guarded write every handler uses: INSERT ... ON CONFLICT DO UPDATE ... WHERE newer.
+
+There is no read-then-write, so concurrent receivers (several processes on PostgreSQL) cannot lose
+an update: the database row lock serialises the two statements and the WHERE clause sees the row as
+the other one left it. The final state is a pure function of the set of events seen, whatever their
+order: the data columns hold the snapshot of the greatest version, and the tombstone is a flag that
+only ever turns on (with the earliest deleting event remembered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from sqlalchemy import Dialect, Table, and_, bindparam, case, delete, exists, or_, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlmodel import SQLModel
+
+from app.mirror.driver_sql import PreparedStatement
+from app.mirror.writes import Writes
+
+VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
+TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
+
+
+class Version(NamedTuple):
+    """Total order of snapshots of one object; field order is comparison order (and the order of
+    VERSION_COLUMNS). A tuple: built for every row planned, and unpacked straight into its row."""
+
+    precedence: int
+    created: int
+    tiebreak: int
+    event_id: str
+
+    def as_columns(self) -> dict[str, Any]:
+        return dict(zip(VERSION_COLUMNS, self, strict=True))
+
+
+# A tombstone that arrives without a snapshot must not block the snapshot that comes later.
+NO_DATA = Version(-1, 0, 0, "")
+
+
+def dialect_insert(dialect: str, table: Table) -> Any:
+    """INSERT with ON CONFLICT support for a dialect name (the statement caches key on the name)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"Unsupported database dialect {dialect!r}")
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+def guarded_upsert(
+    writes: Writes,
+    model: type[SQLModel],
+    key: Mapping[str, Any],
+    data: Mapping[str, Any],
+    version: Version,
+    *,
+    deleted_by: tuple[str, int] | None = None,
+) -> None:
+    """Plan: write ``data`` for the row at ``key`` unless the row holds a newer version.
+
+    ``deleted_by=(event_id, created)`` also marks the row deleted. When it runs, the database's count
+    of rows touched says whether the row was written: when the WHERE of DO UPDATE is false, none is.
+    (No RETURNING: it makes each SQLite upsert three times slower.)
+    """
+    if deleted_by is not None and "deleted" not in table_of(model).c:
+        raise ValueError(f"{table_of(model).name} has no tombstone columns")
+    prepared, tombstoned = _prepared_upsert(writes.dialect, model, tuple(key), tuple(data))
+    # The row ends with the version, then (_prepared_upsert says when) the tombstone columns.
+    if not tombstoned:
+        tail: tuple[Any, ...] = version
+    elif deleted_by is None:
+        tail = (*version, False, None, None)
+    else:
+        tail = (*version, True, deleted_by[0], deleted_by[1])
+    writes.add(prepared.sql, prepared.params(key, data, tail))
+
+
+def guarded_upsert_many(
+    writes: Writes,
+    model: type[SQLModel],
+    rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    version: Version,
+) -> None:
+    """Plan ``guarded_upsert`` for many ``(key, data)`` rows of one shape written with one version
+    (e.g. the lines of one invoice snapshot), as a single driver call. Each row is still its own
+    guarded INSERT .. ON CONFLICT."""
+    if not rows:
+        return
+    key_names, data_names = tuple(rows[0][0]), tuple(rows[0][1])
+    prepared, tombstoned = _prepared_upsert(writes.dialect, model, key_names, data_names)
+    if tombstoned:
+        raise ValueError(f"{table_of(model).name} has tombstone columns: use guarded_upsert")
+    params = prepared.params
+    planned: list[Any] = []
+    for key, data in rows:
+        # The statement was chosen by the first row: every other one must have its shape.
+        if planned and (tuple(key) != key_names or tuple(data) != data_names):
+            raise ValueError("guarded_upsert_many needs rows with the same columns")
+        planned.append(params(key, data, version))
+    writes.add(prepared.sql, planned, many=True)
+
+
+@lru_cache(maxsize=256)
+def _prepared_upsert(
+    dialect: Dialect, model: type[SQLModel], key: tuple[str, ...], data: tuple[str, ...]
+) -> tuple[PreparedStatement, bool]:
+    """Built and compiled once per shape of upsert; runs on the driver connection (app.mirror.driver_sql).
+    Also says whether the table has tombstone columns (they end every row, after the version)."""
+    table = table_of(model)
+    tombstoned = "deleted" in table.c
+    tail = VERSION_COLUMNS + (TOMBSTONE_COLUMNS if tombstoned else ())
+    columns = tuple(dict.fromkeys(key + data + tail))  # a name given twice is one column
+    statement = _upsert_statement(dialect.name, table, key, columns, tombstoned)
+    return PreparedStatement(statement, dialect, key=key, data=data, tail=tail), tombstoned
+
+
+@lru_cache(maxsize=256)
+def _upsert_statement(
+    dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str, ...], tombstoned: bool
+) -> Any:
+    stmt = dialect_insert(dialect, table)
+    new = stmt.excluded
+    current_version = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
+    incoming_version = tuple_(*(new[name] for name in VERSION_COLUMNS))
+    incoming_wins = incoming_version >= current_version
+
+    data_columns = [name for name in columns if name not in key and name not in TOMBSTONE_COLUMNS]
+    set_: dict[str, Any] = {
+        name: case((incoming_wins, new[name]), else_=table.c[name]) for name in data_columns
+    }
+    changed = incoming_wins
+    if tombstoned:
+        # Remember the earliest deleting event so replays in any order agree.
+        earlier_delete = and_(
+            new.deleted,
+            or_(
+                table.c.deleted_by_event_id.is_(None),
+                tuple_(new.deleted_by_event_created, new.deleted_by_event_id)
+                < tuple_(table.c.deleted_by_event_created, table.c.deleted_by_event_id),
+            ),
+        )
+        set_["deleted"] = or_(table.c.deleted, new.deleted)
+        for name in ("deleted_by_event_id", "deleted_by_event_created"):
+            set_[name] = case((earlier_delete, new[name]), else_=table.c[name])
+        changed = or_(incoming_wins, earlier_delete)
+
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
+
+
+def delete_superseded(
+    writes: Writes,
+    child_model: type[SQLModel],
+    child_parent_column: str,
+    marker_model: type[SQLModel],
+    marker_parent_column: str,
+    parent_id: str,
+) -> None:
+    """Plan: delete the children of ``parent_id`` written by a version older than the marker row's.
+
+    The marker is a guarded row (e.g. the newest complete list of an invoice's lines). One DELETE whose
+    comparison happens in the database against the marker as it stands: an older snapshot can never
+    remove rows a newer one wrote, and rows an older snapshot re-inserts after a newer complete one
+    are removed again, so the result does not depend on delivery order.
+    """
+    prepared = _superseded_statement(
+        writes.dialect, child_model, child_parent_column, marker_model, marker_parent_column
+    )
+    writes.add(prepared.sql, prepared.params({}, {"parent_id": parent_id}, ()))
+
+
+@lru_cache(maxsize=64)
+def _superseded_statement(
+    dialect: Dialect,
+    child_model: type[SQLModel],
+    child_parent_column: str,
+    marker_model: type[SQLModel],
+    marker_parent_column: str,
+) -> PreparedStatement:
+    """Built and compiled once per pair of tables; runs on the driver connection (app.mirror.driver_sql)."""
+    child, marker = table_of(child_model), table_of(marker_model)
+    child_version = tuple_(*(child.c[name] for name in VERSION_COLUMNS))
+    marker_version = tuple_(*(marker.c[name] for name in VERSION_COLUMNS))
+    superseded = (
+        exists()
+        .where(marker.c[marker_parent_column] == child.c[child_parent_column], child_version < marker_version)
+        .correlate(child)
+    )
+    statement = delete(child).where(child.c[child_parent_column] == bindparam("parent_id"), superseded)
+    return PreparedStatement(statement, dialect, data=("parent_id",), values_clause=False)
+
+
+def delete_unlisted(
+    session: Session,
+    model: type[SQLModel],
+    parent_column: str,
+    parent_id: str,
+    listed_ids: Collection[str],
+    version: Version,
+) -> int:
+    """Delete the rows of ``parent_id`` missing from a complete list known at ``version``, unless a
+    newer version wrote them. One guarded DELETE (used by backfills, whose list is newer than the
+    snapshot it is attributed to)."""
+    table = table_of(model)
+    stored = tuple_(*(table.c[name] for name in VERSION_COLUMNS))
+    condition = and_(table.c[parent_column] == parent_id, stored <= tuple_(*version))
+    if listed_ids:
+        condition = and_(condition, table.c.id.not_in(list(listed_ids)))
+    return int(session.execute(delete(table).where(condition)).rowcount or 0)  # type: ignore[attr-defined]

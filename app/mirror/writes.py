@@ -1,0 +1,75 @@
+"""The mirror writes an event asks for, planned first and executed later.
+
+Handlers do not touch the database: they record guarded statements, already compiled and with their
+parameters converted for the driver, into a ``Writes``. Ingest executes them inside the transaction it
+owns (app.ingest.apply). Keeping planning apart from execution lets the two run on different cores: a replay
+into SQLite plans in one process while another one writes (app.ingest.sqlite_writer). This module imports
+nothing but the standard library, as that writer process needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Dialect
+
+# (SQL text, driver parameters, executemany?): plain data, so it pickles cheaply to a writer process.
+Write = tuple[str, Any, bool]
+
+
+class Writes:
+    """The statements planned for one event, in execution order, compiled for ``dialect``."""
+
+    __slots__ = ("dialect", "planned")
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.planned: list[Write] = []
+
+    def add(self, sql: str, params: Any, many: bool = False) -> None:
+        self.planned.append((sql, params, many))
+
+
+def execute_writes(driver: Any, writes: Sequence[Write]) -> int:
+    """Run ``writes`` on a DBAPI connection; return the number of rows they inserted, changed or
+    deleted (a guarded upsert whose WHERE is false changes none)."""
+    changed = 0
+    for sql, params, many in writes:
+        if many:
+            cursor = driver.cursor()
+            cursor.executemany(sql, params)
+        else:
+            cursor = driver.execute(sql, params)
+        changed += cursor.rowcount
+    return changed
+
+
+def execute_writes_of_events(driver: Any, events_writes: Sequence[Sequence[Write]]) -> list[int]:
+    """``execute_writes`` for several events in turn, the same statements in the same order.
+
+    On a driver with pipelines (psycopg), they are all sent at once and their row counts read after
+    one sync: one round trip to PostgreSQL for the whole batch instead of one per statement. A failing
+    statement raises here, at the sync, not at its own call: the caller redoes the batch carefully."""
+    pipeline = getattr(driver, "pipeline", None)
+    if pipeline is None:  # sqlite3: in process, a statement costs no round trip
+        return [execute_writes(driver, writes) for writes in events_writes]
+    cursors: list[list[Any]] = []
+    with pipeline() as sent:
+        for writes in events_writes:
+            mine = []
+            for sql, params, many in writes:
+                cursor = driver.cursor()
+                if many:
+                    cursor.executemany(sql, params)
+                else:
+                    cursor.execute(sql, params)
+                mine.append(cursor)
+            cursors.append(mine)
+        sent.sync()
+    changed = [sum(cursor.rowcount for cursor in mine) for mine in cursors]
+    for mine in cursors:
+        for cursor in mine:
+            cursor.close()
+    return changed

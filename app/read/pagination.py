@@ -1,0 +1,88 @@
+"""Cursor pagination shared by every list: newest first by the object's creation timestamp, then by id,
+so objects created in the same second keep a stable order and cursors never skip or repeat one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, Connection, or_, select
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from app.read.errors import resource_missing
+from app.read.params import PageRequest, TimeRange
+
+
+@dataclass(frozen=True)
+class Page:
+    """Objects as stored JSON text, in list order, and whether more follow in the paging direction."""
+
+    payloads: list[str]
+    has_more: bool
+
+    def list_json(self, url: str) -> str:
+        """Stripe's list envelope around the stored objects, which are inserted byte for byte."""
+        head = f'{{"object":"list","url":{json.dumps(url)},"has_more":{"true" if self.has_more else "false"}'
+        return f'{head},"data":[{",".join(self.payloads)}]}}'
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Where one resource's objects live and what orders them."""
+
+    object_name: str  # as in Stripe's "No such invoice_payment: 'x'"
+    id: KeyedColumnElement[str]
+    timestamp: KeyedColumnElement[int]  # the object's creation time (``created``, or ``date`` for items)
+    payload: KeyedColumnElement[str]
+
+
+def time_conditions(column: KeyedColumnElement[int], span: TimeRange) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if span.gt is not None:
+        conditions.append(column > span.gt)
+    if span.gte is not None:
+        conditions.append(column >= span.gte)
+    if span.lt is not None:
+        conditions.append(column < span.lt)
+    if span.lte is not None:
+        conditions.append(column <= span.lte)
+    return conditions
+
+
+def _cursor_position(connection: Connection, listing: Listing, object_id: str, param: str) -> int:
+    """The timestamp of the cursor object; the cursor need not match the filters, only exist."""
+    found = connection.execute(select(listing.timestamp).where(listing.id == object_id)).first()
+    if found is None or found[0] is None:
+        raise resource_missing(listing.object_name, object_id, param=param, status=400)
+    return int(found[0])
+
+
+def fetch_page(
+    connection: Connection,
+    listing: Listing,
+    conditions: Sequence[ColumnElement[bool]],
+    page: PageRequest,
+) -> Page:
+    ts, key = listing.timestamp, listing.id
+    where: list[ColumnElement[bool]] = [ts.is_not(None), *conditions]
+    backwards = page.ending_before is not None and page.starting_after is None
+    if page.starting_after is not None:
+        at = _cursor_position(connection, listing, page.starting_after, "starting_after")
+        # (ts, id) < (at, cursor), written so that "ts <= at" is a plain index range on both databases.
+        where += [ts <= at, or_(ts < at, key < page.starting_after)]
+    elif page.ending_before is not None:
+        at = _cursor_position(connection, listing, page.ending_before, "ending_before")
+        where += [ts >= at, or_(ts > at, key > page.ending_before)]
+    order = (ts.asc(), key.asc()) if backwards else (ts.desc(), key.desc())
+    # One row more than asked tells whether another page follows.
+    rows = list(
+        connection.execute(select(listing.payload).where(*where).order_by(*order).limit(page.limit + 1))
+        .scalars()
+        .all()
+    )
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    if backwards:
+        rows.reverse()  # a page is always newest first, whichever way we walked
+    return Page(payloads=rows, has_more=has_more)

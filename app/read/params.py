@@ -1,0 +1,228 @@
+"""Stripe-style request parameters: deepObject query strings (``created[gte]=1``, ``payment[type]=x``)
+turned into nested values, then checked against a schema of parameter specs.
+
+The same schema serves the HTTP API (values come from the query string) and the CLI (values come from
+options), so both front ends accept and reject exactly the same things.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from app.read.errors import InvalidRequest
+
+RawValue = str | dict[str, "RawValue"]
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_INTEGER = re.compile(r"^-?\d+$")
+
+
+def parse_query_string(query: str) -> dict[str, RawValue]:
+    """``a=1&b[c]=2`` -> ``{"a": "1", "b": {"c": "2"}}``; a parameter given twice is an error."""
+    nested: dict[str, RawValue] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        match = _KEY.match(key)
+        if match is None:
+            raise InvalidRequest(f"Invalid parameter name: {key}", param=key, code="parameter_unknown")
+        path = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))]
+        node: dict[str, RawValue] = nested
+        for depth, segment in enumerate(path[:-1]):
+            child = node.setdefault(segment, {})
+            if not isinstance(child, dict):
+                raise _conflict(path[: depth + 1])
+            node = child
+        if path[-1] in node:
+            raise _conflict(path)
+        node[path[-1]] = value
+    return nested
+
+
+def _conflict(path: Sequence[str]) -> InvalidRequest:
+    name = display_name(path)
+    return InvalidRequest(
+        f"Parameter {name} was given more than once, or both as a value and an object.", param=name
+    )
+
+
+def display_name(path: Sequence[str]) -> str:
+    """("payment", "type") -> "payment[type]", the way Stripe names nested parameters."""
+    return path[0] + "".join(f"[{segment}]" for segment in path[1:])
+
+
+class ParamSpec(Protocol):
+    def parse(self, name: str, raw: Any) -> Any:
+        """Check one raw value (a string, or a mapping for nested parameters) and convert it."""
+
+
+def _require_text(name: str, raw: Any, kind: str) -> str:
+    if isinstance(raw, Mapping):
+        raise InvalidRequest(f"Invalid {name}: expected {kind}, not an object", param=name)
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise InvalidRequest(f"Invalid {name}: expected {kind}", param=name)
+    text = str(raw)
+    if text == "":
+        raise InvalidRequest(
+            f"You passed an empty string for '{name}'. Leave the parameter out instead.",
+            param=name,
+            code="parameter_invalid_empty",
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class Text:
+    def parse(self, name: str, raw: Any) -> str:
+        return _require_text(name, raw, "a string")
+
+
+@dataclass(frozen=True)
+class Integer:
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def parse(self, name: str, raw: Any) -> int:
+        text = _require_text(name, raw, "an integer").strip()
+        if not _INTEGER.match(text):
+            raise InvalidRequest(f"Invalid integer: {text}", param=name, code="parameter_invalid_integer")
+        value = int(text)
+        too_small = self.minimum is not None and value < self.minimum
+        too_large = self.maximum is not None and value > self.maximum
+        if too_small or too_large:
+            raise InvalidRequest(
+                f"Invalid {name}: must be between {self.minimum} and {self.maximum}", param=name
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Boolean:
+    def parse(self, name: str, raw: Any) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        text = _require_text(name, raw, "a boolean").strip().lower()
+        if text not in ("true", "false"):
+            raise InvalidRequest(f"Invalid boolean: {text} (use true or false)", param=name)
+        return text == "true"
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[str, ...]
+
+    def parse(self, name: str, raw: Any) -> str:
+        text = _require_text(name, raw, "a string")
+        if text not in self.values:
+            raise InvalidRequest(f"Invalid {name}: must be one of {', '.join(self.values)}", param=name)
+        return text
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A unix-time filter: ``created=N`` (exact) or any of ``created[gt|gte|lt|lte]``."""
+
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+    @classmethod
+    def exactly(cls, value: int) -> TimeRange:
+        return cls(gte=value, lte=value)
+
+
+RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    def parse(self, name: str, raw: Any) -> TimeRange:
+        if not isinstance(raw, Mapping):
+            return TimeRange.exactly(Integer().parse(name, raw))
+        unknown = [key for key in raw if key not in RANGE_OPERATORS]
+        if unknown:
+            raise unknown_parameter(f"{name}[{unknown[0]}]")
+        if not raw:
+            raise InvalidRequest(f"Invalid {name}: give an integer or {name}[gte] etc.", param=name)
+        bounds = {key: Integer().parse(f"{name}[{key}]", value) for key, value in raw.items()}
+        return TimeRange(**bounds)
+
+
+@dataclass(frozen=True)
+class Object:
+    """A nested parameter such as ``payment[type]``; ``required`` names the keys it must have."""
+
+    fields: Mapping[str, ParamSpec]
+    required: tuple[str, ...] = ()
+
+    def parse(self, name: str, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, Mapping):
+            first = next(iter(self.fields))
+            raise InvalidRequest(f"Invalid {name}: expected an object such as {name}[{first}]", param=name)
+        return parse_params(raw, self.fields, prefix=name, required=self.required)
+
+
+def unknown_parameter(name: str) -> InvalidRequest:
+    return InvalidRequest(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
+
+
+def parse_params(
+    raw: Mapping[str, Any],
+    schema: Mapping[str, ParamSpec],
+    *,
+    prefix: str | None = None,
+    required: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Check every given parameter against ``schema``; parameters left out are absent from the result."""
+    qualified = (lambda key: f"{prefix}[{key}]") if prefix else (lambda key: key)
+    for key in raw:
+        if key not in schema:
+            raise unknown_parameter(qualified(key))
+    for key in required:
+        if key not in raw:
+            raise InvalidRequest(
+                f"Missing required param: {qualified(key)}.", param=qualified(key), code="parameter_missing"
+            )
+    return {key: schema[key].parse(qualified(key), value) for key, value in raw.items()}
+
+
+# Every list endpoint takes these, on top of its own filters.
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 10
+PAGING_PARAMS: Mapping[str, ParamSpec] = {
+    "limit": Integer(1, MAX_LIMIT),
+    "starting_after": Text(),
+    "ending_before": Text(),
+}
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    limit: int = DEFAULT_LIMIT
+    starting_after: str | None = None
+    ending_before: str | None = None
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    """A checked list request: the page wanted and the resource's own filters."""
+
+    page: PageRequest
+    filters: Mapping[str, Any] = field(default_factory=dict)
+
+
+def parse_list_request(raw: Mapping[str, Any], filters: Mapping[str, ParamSpec]) -> ListRequest:
+    values = parse_params(raw, {**filters, **PAGING_PARAMS})
+    if "starting_after" in values and "ending_before" in values:
+        raise InvalidRequest(
+            "You may only specify one of these parameters: starting_after, ending_before.",
+            param="ending_before",
+        )
+    page = PageRequest(
+        limit=values.pop("limit", DEFAULT_LIMIT),
+        starting_after=values.pop("starting_after", None),
+        ending_before=values.pop("ending_before", None),
+    )
+    return ListRequest(page=page, filters=values)

@@ -1,0 +1,36 @@
+"""What a front end needs to know about one readable resource. Register new ones in app.read.registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from app.read.pagination import Page
+from app.read.params import ListRequest, ParamSpec
+
+
+@dataclass(frozen=True)
+class Resource:
+    object_name: str  # Stripe's ``object`` value, e.g. "invoice_payment"
+    url: str  # the list path, e.g. "/v1/invoice_payments"; retrieve is f"{url}/{{id}}"
+    filters: Mapping[str, ParamSpec]  # list filters, besides limit / starting_after / ending_before
+    list_page: Callable[[Connection, ListRequest], Page]
+    # The object as JSON text (a deleted object's stub where the resource has tombstones), or None.
+    retrieve: Callable[[Connection, str], str | None]
+
+
+@dataclass(frozen=True)
+class NestedList:
+    """A list that lives under one parent object, e.g. GET /v1/invoices/{id}/lines (list only)."""
+
+    object_name: str  # e.g. "line_item"
+    parent_name: str  # e.g. "invoice", as in "No such invoice: 'x'"
+    url: str  # with a "{parent_id}" placeholder
+    filters: Mapping[str, ParamSpec]
+    # Raises resource_missing when the parent is unknown.
+    list_page: Callable[[Connection, str, ListRequest], Page]
+
+    def url_for(self, parent_id: str) -> str:
+        return self.url.replace("{parent_id}", parent_id)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the mirror, shipped in the package as ``app.migrations``."""
