@@ -48,9 +48,9 @@ from app.mirror.handlers.base import to_json_text
 from app.mirror.handlers.items import item_columns
 from app.mirror.handlers.payments import payment_columns
 from app.mirror.upsert import table_of
-from app.read.resources import invoice_items, invoice_payments
 from app.read.params import parse_list_request, parse_query_string
 from app.read.resource import Resource
+from app.read.resources import invoice_items, invoice_payments
 from app.settings import Settings
 from tests.dbs import temporary_pg_database
 

@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 from app.cli.main import cli
 from app.ingest.store import EventStore
 from app.mirror.envelope import parse_event
-from tests.test_ingest_batch import fails_for, item_event, stored
+from tests.ingest.test_ingest_batch import fails_for, item_event, stored
 
-SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
+SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
 
 

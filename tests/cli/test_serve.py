@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from tests.conftest import PROJECT_ROOT, LiveServer
 from tests.events import encode, load_fixture, make_event, signed_headers
-from tests.mirror import one, rows
+from tests.mirror_rows import one, rows
 
 T = 1_767_225_600
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from app.cli.main import cli
 
-SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
+SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 
 
 def test_exactly_one_destination_is_required(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from tests.billing import (
     snapshot_of,
 )
 from tests.events import encode, load_fixture, make_event
-from tests.mirror import one, rows
+from tests.mirror_rows import one, rows
 
 MIRRORED_TYPES = {
     "billing.alert.triggered",

@@ -13,7 +13,7 @@ from app.ingest.store import EventStore
 from app.mirror.envelope import parse_event
 from app.mirror.handlers.base import Outcome
 from tests.events import encode, load_fixture, make_event
-from tests.mirror import one, rows
+from tests.mirror_rows import one, rows
 
 T = 1_767_225_600
 

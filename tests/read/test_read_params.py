@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.read.resources import invoice_items, invoice_payments
 from app.read.errors import InvalidRequest
 from app.read.params import PageRequest, TimeRange, parse_list_request, parse_query_string
+from app.read.resources import invoice_items, invoice_payments
 
 
 def parse_payments(query: str):  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, inspect, text
 
 from tests.mirror_data import ingest, item, item_created, item_deleted, payment, payment_event
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SCHEMA_SECTION = README.split("## SQL schema", 1)[1]
 EXAMPLES = re.findall(r"```sql\n(.*?)```", SCHEMA_SECTION, flags=re.S)
 JAN_2026, FEB_2026 = 1_767_225_600, 1_769_904_000

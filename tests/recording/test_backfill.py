@@ -14,7 +14,7 @@ from app.cli.main import cli
 from app.recording.backfill import BackfillError, backfill_templates, parse_list, run_in_transaction
 from tests.billing import INVOICE_G, T0, fixture_path, ingest, recorded, snapshot_of
 from tests.events import make_event
-from tests.mirror import one, rows
+from tests.mirror_rows import one, rows
 
 TEMPLATES = fixture_path("invoice_rendering_templates.list.json")
 LINES_G = fixture_path("invoice_lines.in_G.json")

@@ -35,7 +35,7 @@ from app.ingest.sqlite_writer import (
 )
 from app.ingest.store import WriterProcessStore
 from app.mirror.envelope import Event
-from tests.test_ingest_batch import fails_for, item_event, items, stored
+from tests.ingest.test_ingest_batch import fails_for, item_event, items, stored
 
 
 class MarshalRefuses(str):

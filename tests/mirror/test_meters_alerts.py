@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from app.mirror.handlers.base import Outcome
 from tests.billing import METER, T0, deliver, ingest, recorded, snapshot_of
 from tests.events import make_event
-from tests.mirror import one, rows
+from tests.mirror_rows import one, rows
 
 ALERT = "alrt_61SyG10B7WZ01zgkW3Rt5uVw"
 

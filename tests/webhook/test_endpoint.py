@@ -20,7 +20,7 @@ from app.mirror.writes import Writes
 from app.settings import Settings
 from app.webhook.signature import compute_signature
 from tests.events import SECRET, encode, load_fixture, make_event, signed_headers
-from tests.mirror import one, rows, stored_event
+from tests.mirror_rows import one, rows, stored_event
 
 URL = "/webhooks/stripe"
 

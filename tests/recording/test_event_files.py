@@ -11,7 +11,7 @@ import pytest
 from app.recording.event_files import ReadProgress, SourceProblem, SourceValue, iter_sources, iter_stream
 from tests.events import load_fixture, make_event
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 SCENARIO = FIXTURES / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
 

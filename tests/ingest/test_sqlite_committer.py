@@ -15,8 +15,8 @@ from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.ingest.committer import WriterStats
 from app.ingest.sqlite_committer import SEND_AT_EVENTS, SqliteCommitter
 from app.mirror.envelope import Event
-from tests.test_ingest_batch import fails_for, items, stored
-from tests.test_sqlite_writer import events
+from tests.ingest.test_ingest_batch import fails_for, items, stored
+from tests.ingest.test_sqlite_writer import events
 
 
 def test_concurrent_requests_share_commits_and_learn_their_outcome_only_after_it(

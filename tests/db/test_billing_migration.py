@@ -6,7 +6,7 @@ from sqlalchemy import text
 
 from app.db.engine import make_engine
 from app.db.migrate import downgrade, upgrade
-from tests.test_migrations import empty_db_url, table_names  # noqa: F401  (fixture)
+from tests.db.test_migrations import empty_db_url, table_names  # noqa: F401  (fixture)
 
 BILLING_TABLES = {
     "invoices",

@@ -20,7 +20,7 @@ from tests.dbs import copy_sqlite
 from tests.events import SECRET
 from tests.mirror_dump import dump_mirror, merge_applied_and_stale
 
-SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
+SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
 EXPECTED = {"sent": 11, "applied": 9, "duplicates": 1, "stale": 0, "ignored": 1, "failed": 0, "rejected": 0}
 

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.billing import INVOICE_A, METER, T0, recorded, snapshot_of
+from tests.cli.test_serve import blast
 from tests.conftest import LiveServer
 from tests.events import encode, make_event
-from tests.mirror import one, rows
-from tests.test_live_server import blast
+from tests.mirror_rows import one, rows
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from tests.billing import INVOICE_A, INVOICE_G, T0, recorded, snapshot_of
 from tests.events import load_fixture, make_event
-from tests.mirror import deliveries, replay_in_batches
+from tests.mirror_rows import deliveries, replay_in_batches
 
 BILLING_TABLES = (
     "invoices",

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy import Engine
 
 from tests.events import load_fixture, make_event
-from tests.mirror import deliveries, replay_in_batches
+from tests.mirror_rows import deliveries, replay_in_batches
 
 T = 1_767_225_600
 

@@ -11,7 +11,7 @@ from app.recording.event_files import iter_sources
 from app.recording.replay import replay_http
 from tests.events import SECRET
 
-SCENARIO = Path(__file__).parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
+SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
 
 
