@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 from app.mirror.outcome import Outcome
 from app.mirror.writes import Write, execute_writes, execute_writes_of_events
 
+# Hand-written back-off, not a retry library: this runs in the SQLite writer child, which loads only
+# the standard library.
 RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
 MAX_ERROR_CHARS = 4000
 _LOOKUP_CHUNK = 5000

@@ -5,11 +5,10 @@ drains whatever is queued (up to ``max_batch``) into one transaction. Under load
 hundreds of fsyncs into a few, while every caller still learns its outcome only after the commit.
 
 Several writers can overlap: while one waits for PostgreSQL's answer (with the GIL released),
-another plans its batch. A receiver runs one (app.main: a batch's writes take one round trip, and
-more threads mostly contend for the GIL). Batches of different writers may touch the same rows;
-ingest orders its writes and redoes a batch that hit a deadlock, as it does for several receiver
-processes. (A receiver on a SQLite file uses app.ingest.sqlite_committer instead, on the event loop, with
-its writer process.)
+another plans its batch. Batches of different writers may touch the same rows; ingest orders its
+writes and redoes a batch that hit a deadlock, as it does for several receiver processes. (A
+receiver on a SQLite file uses app.ingest.sqlite_committer instead, on the event loop, with its
+writer process.)
 """
 
 from __future__ import annotations
@@ -19,9 +18,10 @@ import contextlib
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
-from app.ingest.store import IngestResult, Ingests
+from app.ingest.apply import IngestResult
+from app.ingest.store import Ingests
 from app.mirror.envelope import Event
 
 _STOP = object()
@@ -54,11 +54,20 @@ class WriterStats:
 
 
 class Committer(Protocol):
-    """What the webhook endpoint hands events to: GroupCommitter, or SqliteCommitter on a SQLite file."""
+    """What the webhook endpoint hands events to: GroupCommitter, or SqliteCommitter on a SQLite file.
+
+    Used as ``async with committer:``; on exit every event already submitted has been answered."""
 
     stats: WriterStats
 
+    @property
+    def commits(self) -> int: ...
+
     async def submit(self, event: Event) -> IngestResult: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
 
 class GroupCommitter:
@@ -72,6 +81,17 @@ class GroupCommitter:
         self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+
+    @property
+    def commits(self) -> int:
+        return self.store.commits
+
+    async def __aenter__(self) -> GroupCommitter:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()  # the writers finish their batches; the loop resolves their futures afterwards
 
     def start(self) -> None:
         for number in range(self.writers):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import subprocess
 import time
 from collections import deque
@@ -31,25 +30,16 @@ from sqlalchemy import Dialect
 from app.ingest.apply import DatabaseUnavailable, IngestResult, PlannedEvent
 from app.ingest.committer import WriterStats
 from app.ingest.plan import plan_event
-from app.ingest.sqlite_writer import (
-    DONE_FRAME,
-    FRAME_HEADER,
-    encode_batch,
-    start_child,
-)
 from app.ingest.store import received_now
+from app.ingest.writer_process import WriterChild
+from app.ingest.writer_protocol import FrameSplitter
 from app.mirror.dispatch import Apply, apply_event
 from app.mirror.envelope import Event
 
 logger = logging.getLogger("billing_mirror")
 
-# A child that keeps dying right away (it cannot even start) is not restarted more often than this.
-RESTART_INTERVAL_SECONDS = 1.0
-# Planned events sent without waiting for the end of the loop iteration. Under the benchmark's load
-# (64 connections) the loop plans about 35 requests per iteration: the writer used to wait for all of
-# them, then the loop for the writer, and the machine stayed 40 % idle. Sent 16 at a time, the two
-# overlap: 6,600 to 6,900 instead of 5,500 to 5,900 events/s (8 and 12 did as well, 4 worse: more
-# commits).
+# Planned events sent without waiting for the end of the loop iteration, so the writer starts on the
+# first events of a wave while the loop plans the rest (bench/README.md has the measurements).
 SEND_AT_EVENTS = 16
 Waiter = asyncio.Future[IngestResult]
 
@@ -60,17 +50,10 @@ class _Answers(asyncio.Protocol):
     def __init__(self, committer: SqliteCommitter, child: _Child) -> None:
         self.committer = committer
         self.child = child
-        self.buffer = bytearray()
+        self.frames = FrameSplitter()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        header = FRAME_HEADER.size
-        while len(self.buffer) >= header:
-            (size,) = FRAME_HEADER.unpack_from(self.buffer)
-            if len(self.buffer) < header + size:
-                return
-            payload = bytes(self.buffer[header : header + size])
-            del self.buffer[: header + size]
+        for payload in self.frames.feed(data):
             self.committer._answered(self.child, payload)
 
     def eof_received(self) -> bool | None:
@@ -82,14 +65,16 @@ class _Answers(asyncio.Protocol):
 
 @dataclass(eq=False)
 class _Child:
-    process: subprocess.Popen[bytes]
+    link: WriterChild[list[Waiter]]
     requests: asyncio.WriteTransport | None = None
-    in_flight: deque[list[Waiter]] = field(default_factory=deque)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SqliteCommitter:
-    """``await submit(event)``: the event's outcome, once the transaction that stored it committed."""
+    """``await submit(event)``: the event's outcome, once the transaction that stored it committed.
+
+    Use it as ``async with SqliteCommitter(...) as committer``: the writer child starts on entry; on
+    exit everything already submitted is answered and the child ends."""
 
     def __init__(
         self, path: str, dialect: Dialect, *, max_batch: int = 256, apply: Apply = apply_event
@@ -99,17 +84,24 @@ class SqliteCommitter:
         self.max_batch = max_batch
         self.apply = apply
         self.stats = WriterStats()
-        self.commits = 0  # transactions the child committed, as it last reported
         self._queued: deque[tuple[PlannedEvent, Waiter]] = deque()
         self._child: _Child | None = None
+        self._last_child: WriterChild[list[Waiter]] | None = None
         self._sending = False
         self._stopping = False
-        self._spawned_at = 0.0
         self._received_tick, self._received_value = -1, None  # set by the first _received()
         self._restarting: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
-    async def start(self) -> None:
+    @property
+    def commits(self) -> int:
+        return self._last_child.commits if self._last_child is not None else 0
+
+    async def __aenter__(self) -> SqliteCommitter:
         await self._spawn()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
 
     def _received(self) -> Any:
         """The receipt time, as the driver stores it, shared by the requests of one millisecond:
@@ -120,14 +112,12 @@ class SqliteCommitter:
         return self._received_value
 
     async def _spawn(self) -> None:
-        self._spawned_at = time.monotonic()
-        process = start_child(self.path)
-        assert process.stdin is not None and process.stdout is not None
-        child = _Child(process)
+        link = WriterChild[list[Waiter]](self.path)
+        child = _Child(link)
         loop = asyncio.get_running_loop()
-        child.requests, _ = await loop.connect_write_pipe(asyncio.Protocol, process.stdin)
-        await loop.connect_read_pipe(lambda: _Answers(self, child), process.stdout)
-        self._child = child
+        child.requests, _ = await loop.connect_write_pipe(asyncio.Protocol, link.requests)
+        await loop.connect_read_pipe(lambda: _Answers(self, child), link.answers)
+        self._child, self._last_child = child, link
 
     async def submit(self, event: Event) -> IngestResult:
         if self._stopping:
@@ -155,16 +145,15 @@ class SqliteCommitter:
         while self._queued:
             count = min(len(self._queued), self.max_batch)
             taken = [self._queued.popleft() for _ in range(count)]
-            child.requests.writelines(encode_batch([planned for planned, _ in taken], keep_order=False))
-            child.in_flight.append([waiter for _, waiter in taken])
+            waiters = [waiter for _, waiter in taken]
+            child.link.send(child.requests, [planned for planned, _ in taken], False, waiters)
             self.stats.batches += 1
             self.stats.events += count
             self.stats.largest_batch = max(self.stats.largest_batch, count)
 
     def _answered(self, child: _Child, payload: bytes) -> None:
-        results, commits = pickle.loads(payload)
-        self.commits = commits
-        for waiter, result in zip(child.in_flight.popleft(), results, strict=True):
+        waiters, results = child.link.answered(payload)
+        for waiter, result in zip(waiters, results, strict=True):
             if waiter.done():  # the client went away meanwhile
                 continue
             if isinstance(result, BaseException):
@@ -174,14 +163,14 @@ class SqliteCommitter:
 
     def _child_ended(self, child: _Child) -> None:
         loop = asyncio.get_running_loop()
-        code = child.process.poll()
+        process = child.link.process
+        code = process.poll()
         if code is None:  # its pipe closed an instant before it exited: reap it without blocking
-            loop.run_in_executor(None, child.process.wait)
-        failure = DatabaseUnavailable(
-            f"the SQLite writer process ended (exit status {code}) before answering; its errors are above"
-        )
-        while child.in_flight:
-            for waiter in child.in_flight.popleft():
+            loop.run_in_executor(None, process.wait)
+        message, waiting = child.link.ended("ended before answering", code)
+        failure = DatabaseUnavailable(message)
+        for waiters in waiting:
+            for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(failure)
         if child.requests is not None:
@@ -190,10 +179,9 @@ class SqliteCommitter:
         if child is self._child and not self._stopping:
             logger.error("The SQLite writer process ended (exit status %s); starting a new one", code)
             self._child = None
-            self._restarting = loop.create_task(self._restart())
+            self._restarting = loop.create_task(self._restart(child.link.seconds_before_restart()))
 
-    async def _restart(self) -> None:
-        wait = self._spawned_at + RESTART_INTERVAL_SECONDS - time.monotonic()
+    async def _restart(self, wait: float) -> None:
         if wait > 0:
             await asyncio.sleep(wait)
         try:
@@ -207,7 +195,7 @@ class SqliteCommitter:
             return
         self._flush()
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Send what is queued, then let the child answer everything it was sent and end."""
         self._flush()
         self._stopping = True
@@ -215,8 +203,7 @@ class SqliteCommitter:
         if child is None:
             return
         if child.requests is not None and not child.requests.is_closing():
-            child.requests.write(DONE_FRAME)
-            child.requests.close()
+            WriterChild.request_stop(child.requests)
         await child.ended.wait()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.get_running_loop().run_in_executor(None, child.process.wait, 30)
+            await asyncio.get_running_loop().run_in_executor(None, child.link.process.wait, 30)

@@ -1,16 +1,16 @@
-"""A child process that owns the writes to one SQLite file, so planning and writing use two cores.
+"""The SQLite writer child: owns the writes to one SQLite file, so planning and writing use two cores.
 
 SQLite takes one writer at a time, and in one Python process the code that decodes and plans events
-and the code that writes them share the GIL. The child, ``python -m app.ingest.sqlite_writer PATH``, reads
-batches of planned events (app.ingest.apply.PlannedEvent, plain data) from a pipe, stores and applies the
-batches queued up in one transaction with exactly the receiver's code (app.ingest.apply), commits, and sends
-the results back while the parent is already planning more. Its parents: ``SqliteWriterProcess``
-below (threads, for replays) and app.ingest.sqlite_committer (the event loop, for a receiver). WAL
+and the code that writes them share the GIL. The child, ``python -m app.ingest.sqlite_writer PATH``,
+reads batches of planned events (app.ingest.apply.PlannedEvent, plain data) from its stdin
+(app.ingest.writer_protocol), stores and applies the batches queued up in one transaction with
+exactly the receiver's code (app.ingest.apply), commits, and sends the results back while the
+parent is already planning more. Its parents start it through app.ingest.writer_process. WAL
 checkpoints run on a thread of the child (BackgroundCheckpointer).
 
 Nothing is answered before its commit is on disk: a batch's results leave only after the WAL
-holding its commit was synced (WalSyncer).
-The child imports the standard library and app.ingest.apply only, so it starts in a few milliseconds.
+holding its commit was synced (WalSyncer). The child imports the standard library and the app
+modules it runs only, so it starts in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -18,240 +18,34 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import marshal
 import os
-import pickle
 import queue
 import sqlite3
-import struct
-import subprocess
 import sys
 import threading
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 from app.db.sqlite_setup import BackgroundCheckpointer, configure_connection
-from app.ingest.apply import (
-    DatabaseUnavailable,
-    IngestResult,
-    PlannedEvent,
-    apply_with_recovery,
-    event_sql,
-    is_infrastructure_error,
-)
+from app.ingest.apply import PlannedEvent, apply_with_recovery, event_sql, is_infrastructure_error
+from app.ingest.writer_protocol import decode_request, encode_answer, read_payload
 
-Results = list[IngestResult | DatabaseUnavailable]
-# A batch crosses the pipe in chunks: (planned events, keep the given order?, last chunk of the
-# batch?). Small writes keep both sides moving: the child decodes one chunk while the parent plans
-# the next.
 # Batches that queued up while the child was writing are applied in one transaction, up to this many
 # events: a busy writer commits less often, and each commit writes fewer pages per event.
 MERGED_EVENTS = 10_000
-CHUNK_EVENTS = 200
-PIPE_BYTES = 1 << 20  # Linux lets a pipe hold 1 MiB (64 KiB by default): fewer waits on either side
 MMAP_BYTES = 1 << 30
-# The WAL must start over now and then: a WAL that only grows costs far more than copying its
-# frames, since every frame appended past its end makes the kernel allocate and zero new file pages
-# (half the writer's time under webhook load), whereas a WAL that restarts rewrites pages already in
-# the page cache. SQLite restarts it when a write transaction begins after a checkpoint copied every
-# frame. So a background thread copies the frames every CHECKPOINT_PASS_SECONDS (off the write path,
-# on the other core), and once a pass found at least WAL_RESTART_FRAMES frames (16 MB), the writer
-# copies the frames committed during that pass itself, between two transactions.
+# A WAL that only grows costs far more than copying its frames (every frame appended past its end
+# makes the kernel allocate and zero file pages), and SQLite restarts it when a transaction begins
+# after a checkpoint copied every frame: so a background thread copies the frames every
+# CHECKPOINT_PASS_SECONDS, and once a pass found WAL_RESTART_FRAMES (16 MB) the writer copies the rest.
 CHECKPOINT_PASS_SECONDS = 0.1
 WAL_RESTART_FRAMES = 4000
 GC_EVERY_TRANSACTIONS = 100
-_DONE = None
-# Both ways, values travel as frames (length, then the encoded value), so that an event loop can
-# read them without blocking. Answers are pickled; batches are marshalled: plans are plain tuples,
-# lists, strings and numbers, which marshal encodes and decodes a third faster than pickle (a few
-# microseconds per event on each side), and both ends run the same interpreter. A plan marshal
-# refuses (a value of another type) is pickled instead; a tag byte says which.
-FRAME_HEADER = struct.Struct("!I")
-MARSHALLED, PICKLED = b"m", b"p"
 
 
-def frame(value: Any) -> bytes:
-    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME_HEADER.pack(len(payload)) + payload
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError
-    return data
-
-
-def _next_payload(stream: IO[bytes]) -> bytes:
-    """The payload of the next frame of ``stream``; EOFError at its end or in the middle of one."""
-    (size,) = FRAME_HEADER.unpack(_read_exactly(stream, FRAME_HEADER.size))
-    return _read_exactly(stream, size)
-
-
-def read_frame(stream: IO[bytes]) -> Any:
-    """The next framed (pickled) value of ``stream``."""
-    return pickle.loads(_next_payload(stream))
-
-
-def _request_frame(value: Any) -> tuple[bytes, bytes]:
-    """A request frame in two pieces, the header (with the tag) and the encoded value, sent one
-    after the other: joining them would copy a megabyte per chunk once more."""
-    try:
-        tag, payload = MARSHALLED, marshal.dumps(value)
-    except ValueError:
-        tag, payload = PICKLED, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME_HEADER.pack(len(payload) + len(tag)) + tag, payload
-
-
-def read_request(stream: IO[bytes]) -> Any:
-    """The next value the parent sent (a chunk of a batch, or _DONE); EOFError at the end."""
-    payload = _next_payload(stream)
-    body = memoryview(payload)[1:]
-    return marshal.loads(body) if payload[:1] == MARSHALLED else pickle.loads(body)
-
-
-def encode_batch(events: Sequence[PlannedEvent], keep_order: bool) -> list[bytes]:
-    """A batch as the child reads it, to be written in order: frames of at most CHUNK_EVENTS
-    events, the last marked, each as its two pieces."""
-    pieces: list[bytes] = []
-    for start in range(0, max(len(events), 1), CHUNK_EVENTS):
-        last = start + CHUNK_EVENTS >= len(events)
-        # Plain tuples: marshal takes no tuple subclass (the child makes them PlannedEvents again).
-        part = [tuple(planned) for planned in events[start : start + CHUNK_EVENTS]]
-        pieces.extend(_request_frame((part, keep_order, last)))
-    return pieces
-
-
-DONE_FRAME = b"".join(_request_frame(None))
-
-
-def _widen_pipe(pipe: IO[bytes] | None) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: the default pipe size will do
-        return
-    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-
-
-class WriterProcessError(RuntimeError):
-    """The writer process ended or failed; what it reported is in the message."""
-
-
-def start_child(path: str) -> subprocess.Popen[bytes]:
-    """``python -m app.ingest.sqlite_writer PATH``, with pipes for its requests and its answers (both parents
-    start it here)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.ingest.sqlite_writer", path],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        # Not in the terminal's process group: Ctrl-C stops the parent, which then lets the child
-        # finish the batches already sent (closing its stdin) instead of killing it mid-way.
-        start_new_session=True,
-    )
-    _widen_pipe(process.stdin)
-    return process
-
-
-class SqliteWriterProcess:
-    """The parent side: ``submit`` a batch, get a future of its results, resolved after its commit.
-
-    The child reads its pipe on a thread of its own, so writing a batch rarely waits; results come
-    back on a thread of this process, so a parent writing a batch never blocks a child sending
-    results. The child answers batches in the order they were sent, so futures are resolved first
-    in, first out. Safe to share between threads.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.commits = 0  # transactions the child committed, as it last reported
-        self._child: subprocess.Popen[bytes] | None = None
-        self._pending: deque[Future[Results]] = deque()
-        self._lock = threading.Lock()  # one order for the pipe and the pending futures
-        self._failure: WriterProcessError | None = None
-        self._reader: threading.Thread | None = None
-
-    def __enter__(self) -> SqliteWriterProcess:
-        self._start()
-        return self
-
-    def _start(self) -> None:
-        self._failure = None
-        self._child = start_child(self.path)
-        self._reader = threading.Thread(target=self._read_results, name="billing-mirror-writer-results")
-        self._reader.start()
-
-    def restart(self) -> None:
-        """Start a new child if this one ended (several callers may ask: one restart happens)."""
-        with self._lock:
-            if self._failure is None:
-                return  # alive, or already restarted by another caller
-            if self._reader is not None:
-                self._reader.join()  # it has recorded the failure: it only has to return
-            self._start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        """Let the child finish what was sent, then wait for it to end."""
-        child = self._require_child()
-        with self._lock, contextlib.suppress(BrokenPipeError):
-            assert child.stdin is not None
-            with child.stdin:
-                child.stdin.write(DONE_FRAME)
-        child.wait()
-        if self._reader is not None:
-            self._reader.join()
-
-    def _require_child(self) -> subprocess.Popen[bytes]:
-        if self._child is None:
-            raise RuntimeError("SqliteWriterProcess is not started: use it in a with block")
-        return self._child
-
-    def submit(self, events: Sequence[PlannedEvent], *, keep_order: bool) -> Future[Results]:
-        future: Future[Results] = Future()
-        with self._lock:
-            # The pipe is read under the lock: restart() may replace the child, and a batch written
-            # to the old one would leave its future among the new child's, answered by the wrong batch.
-            pipe = self._require_child().stdin
-            assert pipe is not None
-            if self._failure is not None:
-                future.set_exception(self._failure)
-                return future
-            # Pending before the first byte is sent: the answer may come back before write() returns.
-            self._pending.append(future)
-            try:
-                for chunk in encode_batch(events, keep_order):
-                    pipe.write(chunk)
-                pipe.flush()
-            except BrokenPipeError:
-                pass  # the child ended: the results reader fails every pending future, this one too
-        return future
-
-    def _read_results(self) -> None:
-        child = self._require_child()
-        assert child.stdout is not None
-        reason = "ended"
-        try:
-            while True:
-                try:
-                    results, commits = read_frame(child.stdout)
-                except EOFError:
-                    break
-                self.commits = commits
-                self._pending.popleft().set_result(results)
-        except Exception as exc:  # an unreadable answer: nobody may wait for ever
-            reason = f"answered something unreadable ({type(exc).__name__}: {exc})"
-            child.kill()
-        code = child.wait()
-        with self._lock:
-            self._failure = WriterProcessError(
-                f"the SQLite writer process {reason} (exit status {code}); its errors are above"
-            )
-            while self._pending:
-                self._pending.popleft().set_exception(self._failure)
+class SyncFailed(RuntimeError):
+    """The WAL could not be synced, or the answers could not be sent: nothing can be answered."""
 
 
 class _Transactions:
@@ -280,8 +74,7 @@ class _Transactions:
             try:
                 configure_connection(connection, autocheckpoint=0)
                 connection.execute("PRAGMA synchronous=NORMAL")
-                # Index pages read through a memory map, not one read() each: at a few hundred
-                # thousand events the writer otherwise spends a third of its time in those calls.
+                # Index pages read through a memory map, not one read() each (bench/README.md).
                 connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             except sqlite3.Error:
                 connection.close()
@@ -351,7 +144,7 @@ class WalSyncer:
 
     def check(self) -> None:
         if self.failure is not None:
-            raise WriterProcessError(f"could not sync or send answers: {self.failure}")
+            raise SyncFailed(f"could not sync or send answers: {self.failure}")
 
     def stop(self) -> None:
         """Send what is queued (after its sync), then end."""
@@ -410,7 +203,7 @@ def _read_batches(requests: IO[bytes], batches: queue.SimpleQueue[Batch | None])
     events: list[PlannedEvent] = []
     new_plan = tuple.__new__  # a NamedTuple from its fields, without a Python-level __new__ call
     try:
-        while (chunk := read_request(requests)) is not _DONE:
+        while (chunk := decode_request(read_payload(requests))) is not None:
             part, keep_order, last = chunk
             events.extend([new_plan(PlannedEvent, planned) for planned in part])
             if last:
@@ -419,7 +212,7 @@ def _read_batches(requests: IO[bytes], batches: queue.SimpleQueue[Batch | None])
     except EOFError:  # the parent went away without saying goodbye: finish what is complete
         pass
     finally:
-        batches.put(_DONE)
+        batches.put(None)
 
 
 class _Inbox:
@@ -475,7 +268,7 @@ def serve(path: str, requests: IO[bytes], answers: IO[bytes]) -> None:
             results = apply_with_recovery(transaction, sql, events, keep_order=group[0][1])
             start = 0
             for batch_events, _ in group:  # one answer per batch, in the order they were sent
-                syncer.answer(frame((results[start : start + len(batch_events)], transaction.commits)))
+                syncer.answer(encode_answer(results[start : start + len(batch_events)], transaction.commits))
                 start += len(batch_events)
             syncer.check()
             transaction.finish_checkpoint()

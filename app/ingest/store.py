@@ -7,6 +7,7 @@ written; storing and applying is app.ingest.apply, run on the DBAPI connection o
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -27,23 +28,13 @@ from app.ingest.apply import (
     PlannedEvent,
     apply_with_recovery,
     event_sql,
-    is_infrastructure_error,
 )
 from app.ingest.plan import plan_event
-from app.ingest.sqlite_writer import SqliteWriterProcess, WriterProcessError
+from app.ingest.writer_process import SqliteWriterProcess, WriterProcessError
 from app.mirror.dispatch import Apply, apply_event
 from app.mirror.driver_sql import driver_connection
 from app.mirror.envelope import Event
 from app.mirror.upsert import table_of
-
-__all__ = [
-    "DatabaseUnavailable",
-    "EventStore",
-    "IngestResult",
-    "WriterProcessStore",
-    "event_store_for",
-    "is_infrastructure_error",
-]
 
 Results = list[IngestResult | DatabaseUnavailable]
 # Planned events a replay sends ahead of the answers it has (WriterProcessStore.ingest_in_order).
@@ -54,6 +45,9 @@ class Ingests(Protocol):
     """What the group committer needs: EventStore, or WriterProcessStore on SQLite."""
 
     def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results: ...
+
+    @property
+    def commits(self) -> int: ...
 
 
 @lru_cache(maxsize=8)
@@ -80,11 +74,15 @@ class EventStore:
     def __init__(self, engine: Engine, apply: Apply = apply_event) -> None:
         self.engine = engine
         self.apply = apply
+        self.commits = 0  # transactions committed (group commit makes them far fewer than events)
+        self._commits_lock = threading.Lock()  # several writer threads may commit at once
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         with Session(self.engine) as session, session.begin():
             yield driver_connection(session)
+        with self._commits_lock:
+            self.commits += 1
 
     def plan(self, events: Sequence[Event]) -> list[PlannedEvent]:
         dialect = self.engine.dialect

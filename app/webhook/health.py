@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-
-class CountsCommits(Protocol):
-    """What the health answer reads ``commits`` from: CommitCounter or SqliteCommitter."""
-
-    @property
-    def commits(self) -> int: ...
+from app.ingest.committer import Committer
 
 
 async def healthz(request: Request) -> Response:
-    committer = request.app.state.committer
-    commit_counter = request.app.state.commit_counter
+    committer: Committer = request.app.state.committer
     return JSONResponse(
-        {"status": "ok", "writer": {**committer.stats.as_dict(), "commits": commit_counter.commits}}
+        {"status": "ok", "writer": {**committer.stats.as_dict(), "commits": committer.commits}}
     )

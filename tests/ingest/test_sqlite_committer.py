@@ -15,8 +15,7 @@ from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.ingest.committer import WriterStats
 from app.ingest.sqlite_committer import SEND_AT_EVENTS, SqliteCommitter
 from app.mirror.envelope import Event
-from tests.ingest.test_ingest_batch import fails_for, items, stored
-from tests.ingest.test_sqlite_writer import events
+from tests.support import events, fails_for, items, stored
 
 
 def test_concurrent_requests_share_commits_and_learn_their_outcome_only_after_it(
@@ -25,19 +24,15 @@ def test_concurrent_requests_share_commits_and_learn_their_outcome_only_after_it
     batch = events("many", 300)
 
     async def scenario() -> tuple[list[IngestResult], int]:
-        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect)
-        await committer.start()
+        async with SqliteCommitter(str(sqlite_file), file_engine.dialect) as committer:
 
-        async def deliver(event: Event) -> IngestResult:
-            result = await committer.submit(event)
-            # Committed before the answer: another connection sees the row already.
-            assert stored(file_engine)[event.id][0] == "applied"
-            return result
+            async def deliver(event: Event) -> IngestResult:
+                result = await committer.submit(event)
+                # Committed before the answer: another connection sees the row already.
+                assert stored(file_engine)[event.id][0] == "applied"
+                return result
 
-        try:
             results = await asyncio.gather(*(deliver(event) for event in batch))
-        finally:
-            await committer.stop()
         return list(results), committer.commits
 
     results, commits = asyncio.run(scenario())
@@ -55,14 +50,11 @@ def test_a_wave_of_requests_goes_out_in_parts_while_the_loop_plans_the_rest(
     batch = events("wave", 2 * SEND_AT_EVENTS + 5)
 
     async def scenario() -> list[IngestResult]:
-        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect)
-        await committer.start()
-        try:
+        async with SqliteCommitter(str(sqlite_file), file_engine.dialect) as committer:
             # All planned in the same loop iteration.
-            return list(await asyncio.gather(*(committer.submit(event) for event in batch)))
-        finally:
-            await committer.stop()
-            stats.append(committer.stats)
+            results = list(await asyncio.gather(*(committer.submit(event) for event in batch)))
+        stats.append(committer.stats)
+        return results
 
     stats: list[WriterStats] = []
     results = asyncio.run(scenario())
@@ -75,15 +67,11 @@ def test_a_duplicate_delivery_is_answered_as_such(file_engine: Engine, sqlite_fi
     (event,) = events("dup", 1)
 
     async def scenario() -> list[IngestResult]:
-        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect)
-        await committer.start()
-        try:
+        async with SqliteCommitter(str(sqlite_file), file_engine.dialect) as committer:
             first = await committer.submit(event)
             # The same event twice at once, and once more later.
             again = await asyncio.gather(committer.submit(event), committer.submit(event))
             return [first, *again]
-        finally:
-            await committer.stop()
 
     results = asyncio.run(scenario())
     assert [(r.outcome, r.duplicate) for r in results] == [
@@ -97,12 +85,10 @@ def test_a_handler_failure_is_stored_as_failed(file_engine: Engine, sqlite_file:
     batch = events("bug", 3)
 
     async def scenario() -> list[IngestResult]:
-        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect, apply=fails_for("evt_bug_1"))
-        await committer.start()
-        try:
+        async with SqliteCommitter(
+            str(sqlite_file), file_engine.dialect, apply=fails_for("evt_bug_1")
+        ) as committer:
             return list(await asyncio.gather(*(committer.submit(event) for event in batch)))
-        finally:
-            await committer.stop()
 
     results = asyncio.run(scenario())
     assert [r.outcome for r in results] == ["applied", "failed", "applied"]
@@ -114,12 +100,10 @@ def test_a_writer_that_dies_fails_the_requests_it_held_and_is_replaced(
     file_engine: Engine, sqlite_file: Path
 ) -> None:
     async def scenario() -> tuple[list[IngestResult | BaseException], list[IngestResult], int, int]:
-        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect)
-        await committer.start()
-        try:
+        async with SqliteCommitter(str(sqlite_file), file_engine.dialect) as committer:
             await committer.submit(events("before", 1)[0])
             assert committer._child is not None
-            first_pid = committer._child.process.pid
+            first_pid = committer._child.link.process.pid
             # Stopped, the child cannot answer what it is sent; then it dies holding it.
             os.kill(first_pid, signal.SIGSTOP)
             held = [asyncio.ensure_future(committer.submit(event)) for event in events("held", 3)]
@@ -129,9 +113,7 @@ def test_a_writer_that_dies_fails_the_requests_it_held_and_is_replaced(
             lost = await asyncio.gather(*held, return_exceptions=True)
             after = list(await asyncio.gather(*(committer.submit(event) for event in events("after", 2))))
             assert committer._child is not None
-            return list(lost), after, first_pid, committer._child.process.pid
-        finally:
-            await committer.stop()
+            return list(lost), after, first_pid, committer._child.link.process.pid
 
     lost, after, first_pid, second_pid = asyncio.run(scenario())
     assert all(isinstance(result, DatabaseUnavailable) for result in lost)  # answered 503
@@ -145,12 +127,8 @@ def test_a_database_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None
     engine = make_engine(f"sqlite:///{path}")
 
     async def scenario() -> BaseException | IngestResult:
-        committer = SqliteCommitter(str(path), engine.dialect)
-        await committer.start()
-        try:
+        async with SqliteCommitter(str(path), engine.dialect) as committer:
             return (await asyncio.gather(committer.submit(events("early", 1)[0]), return_exceptions=True))[0]
-        finally:
-            await committer.stop()
 
     try:
         assert isinstance(asyncio.run(scenario()), DatabaseUnavailable)
@@ -162,11 +140,9 @@ def test_stopping_answers_every_request_already_submitted(file_engine: Engine, s
     batch = events("stop", 50)
 
     async def scenario() -> list[IngestResult]:
-        committer = SqliteCommitter(str(sqlite_file), file_engine.dialect)
-        await committer.start()
-        pending = [asyncio.ensure_future(committer.submit(event)) for event in batch]
-        await asyncio.sleep(0)  # every request has planned and queued its event
-        await committer.stop()
+        async with SqliteCommitter(str(sqlite_file), file_engine.dialect) as committer:
+            pending = [asyncio.ensure_future(committer.submit(event)) for event in batch]
+            await asyncio.sleep(0)  # every request has planned and queued its event
         assert all(task.done() for task in pending)
         with pytest.raises(DatabaseUnavailable):  # nothing is taken once stopping
             await committer.submit(events("late", 1)[0])
