@@ -1,11 +1,22 @@
-"""Configuration, read from the environment once, when the application is built."""
+"""Configuration, read from the environment once, when the application is built (pydantic-settings)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_TOLERANCE_SECONDS = 300
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -31,43 +42,111 @@ def split_secrets(raw: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be greater than 0, got {value}")
-    return value
+# A tuple that the environment gives as comma-separated text (not as JSON, pydantic-settings' default).
+CommaSeparated = Annotated[tuple[str, ...], NoDecode]
+# The environment from_env reads (os.environ or a caller's mapping), for the duration of one call.
+_ENVIRONMENT: ContextVar[Mapping[str, str] | None] = ContextVar("billing_mirror_environment", default=None)
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str = field(default_factory=default_database_url)
-    webhook_secrets: tuple[str, ...] = ()
-    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+class _Environment(EnvSettingsSource):
+    """The variables named by the fields' aliases (exact case; empty ones left out, so a default
+    applies) from a mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        names = [field.validation_alias for field in self.settings_cls.model_fields.values()]
+        return {name: value for name in names if isinstance(name, str) and (value := self._environ.get(name))}
+
+
+class Settings(BaseSettings):
+    """Immutable; keyword construction takes only what it is given, ``from_env`` reads the environment."""
+
+    model_config = SettingsConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    database_url: str = Field(default_factory=default_database_url, validation_alias="DATABASE_URL")
+    webhook_secrets: CommaSeparated = Field((), validation_alias="STRIPE_WEBHOOK_SECRET")
+    tolerance_seconds: int = Field(DEFAULT_TOLERANCE_SECONDS, validation_alias="STRIPE_WEBHOOK_TOLERANCE")
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, validation_alias="MAX_BODY_BYTES")
     # Keys that open the read API (issue #3); empty means the read API is closed.
-    api_keys: tuple[str, ...] = ()
-    # Upper bound on how many events share one commit (group commit).
+    api_keys: CommaSeparated = Field((), validation_alias="BILLING_MIRROR_API_KEYS")
+    # Upper bound on how many events share one commit (group commit); no environment variable.
     max_batch_size: int = 256
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _configuration_error(exc) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        env = os.environ if env is None else env
-        values: dict[str, object] = {
-            "database_url": env.get("DATABASE_URL") or default_database_url(),
-            "webhook_secrets": split_secrets(env.get("STRIPE_WEBHOOK_SECRET")),
-            "tolerance_seconds": _positive_int(env, "STRIPE_WEBHOOK_TOLERANCE", DEFAULT_TOLERANCE_SECONDS),
-            "max_body_bytes": _positive_int(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-            "api_keys": split_secrets(env.get("BILLING_MIRROR_API_KEYS")),
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        """The environment's settings (``env`` instead of os.environ), overridden by the keywords
+        that are not None (a command line option not given is None)."""
+        with _reading(os.environ if env is None else env):
+            return cls(**{key: value for key, value in overrides.items() if value is not None})
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRONMENT.get()
+        if environ is None:
+            return (init_settings,)
+        return (init_settings, _Environment(settings_cls, environ))
+
+    @field_validator("webhook_secrets", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return split_secrets(value) if isinstance(value, str) else value
+
+    @field_validator("tolerance_seconds", "max_body_bytes", mode="before")
+    @classmethod
+    def _positive_whole_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Text (the environment's) must be a whole number above 0; blank means the default. Checked
+        here rather than by PositiveInt so that the message names the variable; values given as
+        numbers (command line options) are taken as they are."""
+        if not isinstance(value, str):
+            return value
+        assert info.field_name is not None
+        field = cls.model_fields[info.field_name]
+        name = field.validation_alias
+        if value.strip() == "":
+            return field.default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a whole number, got {value!r}") from None
+        if number <= 0:
+            raise ConfigurationError(f"{name} must be greater than 0, got {number}")
+        return number
 
     def require_secrets(self) -> None:
         if not self.webhook_secrets:
             raise ConfigurationError(HOW_TO_SET_SECRET)
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str]) -> Iterator[None]:
+    token = _ENVIRONMENT.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRONMENT.reset(token)
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError:
+    """Our own message when a validator raised it, else pydantic's, naming the setting."""
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigurationError):
+        return cause
+    where = ".".join(str(part) for part in error["loc"])
+    return ConfigurationError(f"{where}: {error['msg']}")

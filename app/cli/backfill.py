@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from sqlalchemy import Engine
 
+from app.cli.options import database_url_option
 from app.settings import Settings
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -25,7 +26,7 @@ def _engine(database_url: str | None) -> Engine:
 
 @backfill.command("templates")
 @click.argument("file", type=FILE)
-@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@database_url_option()
 def templates_command(file: Path, database_url: str | None) -> None:
     """Upsert invoice rendering templates from FILE (GET /v1/invoice_rendering_templates output)."""
     from app.recording.backfill import BackfillError, backfill_templates, read_list, run_in_transaction
@@ -44,7 +45,7 @@ def templates_command(file: Path, database_url: str | None) -> None:
 @backfill.command("lines")
 @click.argument("invoice_id")
 @click.argument("file", type=FILE)
-@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@database_url_option()
 def lines_command(invoice_id: str, file: Path, database_url: str | None) -> None:
     """Write the lines of INVOICE_ID from FILE (GET /v1/invoices/INVOICE_ID/lines output, one page
     or a JSON array of consecutive pages)."""

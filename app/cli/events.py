@@ -6,12 +6,13 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 from sqlalchemy import Engine
 
+from app.cli.options import database_url_option
+from app.cli.tables import print_table
 from app.recording.stored_events import (
     OUTCOMES,
     EventFilter,
@@ -19,38 +20,43 @@ from app.recording.stored_events import (
     get_event,
     iter_payloads,
     list_events,
-    parse_time,
     retry_events,
     single_line,
 )
 from app.settings import Settings
+from app.timestamps import format_time, parse_time
 
 
-class TimeParam(click.ParamType):
-    name = "time"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_time(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _unix_seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
-            "--since", type=TimeParam(), help="Events created at or after (unix seconds or ISO 8601)."
+            "--since",
+            metavar="TIME",
+            callback=_unix_seconds,
+            help="Events created at or after (unix seconds or ISO 8601).",
         ),
-        click.option("--until", type=TimeParam(), help="Events created before (unix seconds or ISO 8601)."),
+        click.option(
+            "--until",
+            metavar="TIME",
+            callback=_unix_seconds,
+            help="Events created before (unix seconds or ISO 8601).",
+        ),
         click.option(
             "--type", "types", multiple=True, help="Event type (repeatable; 'invoice.*' for a prefix)."
         ),
         click.option(
             "--status", "statuses", multiple=True, type=click.Choice(OUTCOMES), help="Outcome (repeatable)."
         ),
-        click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here."),
+        database_url_option(),
     ]
     for option in reversed(options):
         function = option(function)
@@ -66,10 +72,6 @@ def read_engine(database_url: str | None) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
-
-
-def _when(created: int) -> str:
-    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @click.group()
@@ -125,18 +127,29 @@ def list_command(
     """List stored events, newest first: id, created, type, outcome, attempts, error."""
     with read_engine(database_url) as engine:
         rows = list_events(engine, EventFilter(since, until, types, statuses), limit)
-    for row in rows:
-        error = (row.error or "").splitlines()[-1][:100] if row.error else ""
-        line = f"{row.id}  {_when(row.created)}  {row.type:<32}  {row.outcome:<7}  {row.attempts}  {error}"
-        click.echo(line.rstrip())
     if not rows:
         click.echo("no stored event matches", err=True)
+        return
+    print_table(
+        ["ID", "CREATED", "TYPE", "OUTCOME", "ATTEMPTS", "ERROR"],
+        [
+            [
+                row.id,
+                format_time(row.created, zulu=True),
+                row.type,
+                row.outcome,
+                str(row.attempts),
+                row.error.splitlines()[-1][:100] if row.error else "",
+            ]
+            for row in rows
+        ],
+    )
 
 
 @events.command("show")
 @click.argument("event_id")
 @click.option("--raw", is_flag=True, help="Only the payload, exactly as received.")
-@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@database_url_option()
 def show(event_id: str, raw: bool, database_url: str | None) -> None:
     """Show one stored event: what was recorded about it, then its payload."""
     with read_engine(database_url) as engine:
@@ -149,7 +162,7 @@ def show(event_id: str, raw: bool, database_url: str | None) -> None:
         return
     for name in ("id", "type", "object_id", "livemode", "account", "api_version", "outcome", "attempts"):
         click.echo(f"{name + ':':<13}{getattr(row, name)}")
-    click.echo(f"{'created:':<13}{row.created} ({_when(row.created)})")
+    click.echo(f"{'created:':<13}{row.created} ({format_time(row.created, zulu=True)})")
     click.echo(f"{'received_at:':<13}{row.received_at}")
     click.echo(f"{'processed_at:':<13}{row.processed_at}")
     if row.error:
@@ -164,7 +177,7 @@ def show(event_id: str, raw: bool, database_url: str | None) -> None:
 @events.command("retry")
 @click.argument("event_ids", nargs=-1)
 @click.option("--failed", "all_failed", is_flag=True, help="Every stored event whose outcome is failed.")
-@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@database_url_option()
 def retry(event_ids: tuple[str, ...], all_failed: bool, database_url: str | None) -> None:
     """Apply failed events again (after a fix). Events that did not fail are left as they are.
     Exits 1 when an event is still failed or was not found."""

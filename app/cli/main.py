@@ -7,6 +7,7 @@ import sys
 import click
 
 from app.cli.backfill import backfill
+from app.cli.options import database_url_option
 from app.cli.read import register as register_query_commands
 from app.settings import ConfigurationError, Settings
 
@@ -17,7 +18,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@database_url_option()
 def migrate(database_url: str | None) -> None:
     """Bring the database schema up to date."""
     from app.db.migrate import upgrade
@@ -31,7 +32,7 @@ def migrate(database_url: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
-@click.option("--database-url", envvar="DATABASE_URL", help="Defaults to a SQLite file here.")
+@database_url_option()
 @click.option(
     "--secret", "secrets", multiple=True, help="Signing secret (repeatable); or STRIPE_WEBHOOK_SECRET."
 )

@@ -10,7 +10,6 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.cli.options import database_url_option
+from app.cli.tables import print_table
 from app.db.engine import is_sqlite, make_engine, normalize_url
 from app.read.errors import InvalidRequest
 from app.read.pagination import Page
@@ -44,6 +45,7 @@ from app.read.resources import (
     invoices,
 )
 from app.settings import default_database_url
+from app.timestamps import format_time, parse_time
 
 StripeObject = dict[str, Any]
 Column = tuple[str, Callable[[StripeObject], str]]
@@ -77,7 +79,7 @@ DESCRIPTION_WIDTH = 40
 def when(value: Any) -> str:
     if not isinstance(value, int) or isinstance(value, bool):
         return ""
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return format_time(value)
 
 
 def money(amount: Any, currency: Any) -> str:
@@ -100,8 +102,8 @@ def _payment_ref(obj: StripeObject) -> str:
     return f"{kind}:{ref(payment.get(kind))}" if isinstance(kind, str) else ""
 
 
-def _shorten(text: Any, width: int) -> str:
-    text = text if isinstance(text, str) else ""
+def _shorten(value: Any, width: int) -> str:
+    text = value if isinstance(value, str) else ""
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -158,20 +160,13 @@ TEMPLATE_COLUMNS: tuple[Column, ...] = (
 )
 
 
-def render_table(columns: Sequence[Column], objects: Sequence[StripeObject]) -> str:
-    rows = [[cell(obj) for _, cell in columns] for obj in objects]
-    headers = [header for header, _ in columns]
-    widths = [max(len(value) for value in column) for column in zip(headers, *rows, strict=True)]
-    lines = [
-        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
-        for row in (headers, *rows)
-    ]
-    return "\n".join(lines)
+def print_objects(columns: Sequence[Column], objects: Sequence[StripeObject]) -> None:
+    print_table([header for header, _ in columns], [[cell(obj) for _, cell in columns] for obj in objects])
 
 
-def render_record(columns: Sequence[Column], obj: StripeObject) -> str:
-    width = max(len(header) for header, _ in columns)
-    return "\n".join(f"{header.ljust(width)}  {cell(obj)}".rstrip() for header, cell in columns)
+def print_record(columns: Sequence[Column], obj: StripeObject) -> None:
+    """One object: a line per column, its name then its value."""
+    print_table(["FIELD", "VALUE"], [[header, cell(obj)] for header, cell in columns], show_header=False)
 
 
 # ---- options from the filter schema ----------------------------------------------------------
@@ -202,16 +197,10 @@ def _flag(name: str) -> str:
 
 def unix_time(value: str) -> str:
     """Unix seconds, or an ISO 8601 date or date-time (UTC unless it has an offset)."""
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return text
     try:
-        moment = datetime.fromisoformat(text)
+        return str(parse_time(value))
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither unix seconds nor an ISO 8601 date") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return str(int(moment.timestamp()))
 
 
 def filter_options(schema: Mapping[str, ParamSpec], parent: tuple[str, ...] = ()) -> list[FilterOption]:
@@ -333,9 +322,6 @@ def _collect_pages(connection: Connection, resource: Resource, raw: dict[str, An
 
 def build_group(name: str, resource: Resource, columns: Sequence[Column], help_text: str) -> click.Group:
     group = click.Group(name, help=help_text)
-    database_option = click.option(
-        "--database-url", envvar="DATABASE_URL", help="Defaults to billing-mirror.db here."
-    )
     json_option = click.option("--json", "as_json", is_flag=True, help="Print Stripe's JSON instead.")
     options = filter_options(resource.filters)
 
@@ -345,7 +331,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
     @click.option("--ending-before", help="Cursor: the page before this id (newer objects).")
     @click.option("--all", "follow", is_flag=True, help="Follow the pages to the end.")
     @json_option
-    @database_option
+    @database_url_option()
     def list_command(
         limit: int,
         starting_after: str | None,
@@ -374,7 +360,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
         if not objects:
             click.echo(f"No {name} match.")
             return
-        click.echo(render_table(columns, objects))
+        print_objects(columns, objects)
         if page.has_more:
             click.echo(f"… more: add --starting-after {objects[-1]['id']} (or --all)", err=True)
 
@@ -383,7 +369,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
     @click.command("get", help=f"Show one object, like GET {resource.url}/ID.")
     @click.argument("object_id")
     @json_option
-    @database_option
+    @database_url_option()
     def get_command(object_id: str, as_json: bool, database_url: str | None) -> None:
         with reading(database_url) as connection:
             found = resource.retrieve(connection, object_id)
@@ -395,7 +381,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
         elif obj.get("deleted") is True:
             click.echo(f"{object_id}  (deleted)")
         else:
-            click.echo(render_record(columns, obj))
+            print_record(columns, obj)
 
     group.add_command(list_command)
     group.add_command(get_command)

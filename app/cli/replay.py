@@ -3,46 +3,86 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import click
 
+from app.cli.options import database_url_option
 from app.recording.event_files import ReadProgress, SourceItem, iter_sources
 from app.recording.replay import DEFAULT_BATCH_SIZE, ReplaySummary, replay_direct, replay_http
 from app.settings import Settings, split_secrets
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
-class Progress:
-    """A one-line counter on stderr, only when stderr is a terminal; silent otherwise."""
+# The command configures no logging: stamina's warning about each retry would reach stderr bare.
+logging.getLogger("stamina").addHandler(logging.NullHandler())
+# How often the bar is given new figures: asking the input file where it is costs a system call.
+UPDATE_SECONDS = 0.2
+
+
+class ReplayProgress:
+    """A rich progress bar on stderr (share of the input read, events, events/s), only when stderr
+    is a terminal; silent otherwise.
+
+    ``tick`` runs per batch (--direct) or per event (--url): it counts, and passes the figures on to
+    the bar at most every UPDATE_SECONDS; rich redraws it from its own thread, a few times a second.
+    """
 
     def __init__(self, read: ReadProgress, enabled: bool | None = None) -> None:
         self.read = read
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.count = 0
         self.started = time.monotonic()
-        self._shown = 0.0
+        self._updated = 0.0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> ReplayProgress:
+        if self.enabled:  # rich.progress is loaded only to draw: most replays run without a terminal
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("replayed"),
+                BarColumn(),
+                TaskProgressColumn("{task.percentage:>3.0f}% of input,"),  # blank for stdin: size unknown
+                TextColumn("{task.fields[events]:,} events, {task.fields[rate]:,.0f}/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                refresh_per_second=5,
+            )
+            self._task = self._bar.add_task("replay", total=None, events=0, rate=0.0)
+            self._bar.start()
+        return self
 
     def tick(self, number: int) -> None:
         self.count += number
-        now = time.monotonic()
-        if self.enabled and now - self._shown >= 0.2:
-            self._shown = now
-            self._draw(now)
+        if self._bar is not None:
+            now = time.monotonic()
+            if now - self._updated >= UPDATE_SECONDS:
+                self._updated = now
+                self._update(now)
 
-    def _draw(self, now: float) -> None:
-        rate = self.count / max(now - self.started, 1e-9)
-        share = ""
-        if self.read.total_bytes:
-            share = f" {min(100.0, 100.0 * self.read.done_bytes / self.read.total_bytes):5.1f}% of input,"
-        click.echo(f"\r replayed {self.count} events,{share} {rate:,.0f}/s ", err=True, nl=False)
+    def _update(self, now: float) -> None:
+        assert self._bar is not None and self._task is not None
+        self._bar.update(
+            self._task,
+            total=self.read.total_bytes or None,  # known once the input files are found; stdin: never
+            completed=self.read.done_bytes,
+            events=self.count,
+            rate=self.count / max(now - self.started, 1e-9),
+        )
 
-    def close(self) -> None:
-        if self.enabled:
-            self._draw(time.monotonic())
-            click.echo("", err=True)
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._update(time.monotonic())
+            self._bar.stop()
 
 
 @click.command()
@@ -62,7 +102,7 @@ class Progress:
     help="Requests in flight with --url; above 1 the order of delivery is not kept.",
 )
 @click.option("--direct", is_flag=True, help="Apply to DATABASE_URL with the receiver's own code, no HTTP.")
-@click.option("--database-url", envvar="DATABASE_URL", help="For --direct. Defaults to a SQLite file here.")
+@database_url_option("For --direct.")
 @click.option(
     "--batch-size",
     default=DEFAULT_BATCH_SIZE,
@@ -87,34 +127,38 @@ def replay(
     envelopes; '-' for stdin). Exits 1 when an event failed or was rejected."""
     if bool(url) == direct:
         raise click.UsageError("Give exactly one of --url URL or --direct.")
+    signing = _signing_secrets(secrets) if url else []
     read = ReadProgress()
-    progress = Progress(read)
     items = iter_sources(paths, progress=read)
     summary: ReplaySummary
-    if url:
-        summary = _replay_over_http(items, url, secrets, concurrency, progress.tick)
-    else:
-        summary = _replay_into_database(items, database_url, batch_size, no_migrate, progress.tick)
-    progress.close()
+    with ReplayProgress(read) as progress:
+        if url:
+            summary = _replay_over_http(items, url, signing, concurrency, progress.tick)
+        else:
+            summary = _replay_into_database(items, database_url, batch_size, no_migrate, progress.tick)
     click.echo(json.dumps(summary.as_dict()) if as_json else summary.render())
     if not summary.ok:
         sys.exit(1)
 
 
-def _replay_over_http(
-    items: Iterable[SourceItem],
-    url: str,
-    secrets: tuple[str, ...],
-    concurrency: int,
-    tick: Callable[[int], None],
-) -> ReplaySummary:
-    import httpx
-
+def _signing_secrets(secrets: tuple[str, ...]) -> list[str]:
     signing = list(secrets) or list(split_secrets(os.environ.get("STRIPE_WEBHOOK_SECRET")))
     if not signing:
         raise click.UsageError(
             "--url needs the receiver's signing secret: --secret whsec_... or STRIPE_WEBHOOK_SECRET."
         )
+    return signing
+
+
+def _replay_over_http(
+    items: Iterable[SourceItem],
+    url: str,
+    signing: list[str],
+    concurrency: int,
+    tick: Callable[[int], None],
+) -> ReplaySummary:
+    import httpx
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(timeout=30.0, limits=limits) as client:
         return replay_http(items, client, url, signing, concurrency=concurrency, on_progress=tick)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from app.db.sqlite_setup import configure_connection
+from app.json_text import json_text
 
 
 def is_sqlite(url: str) -> bool:
@@ -43,28 +41,6 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         # Take the write lock up front: a deferred transaction that later upgrades can fail
         # with SQLITE_BUSY instead of waiting.
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-class CommitCounter:
-    """Counts the transactions an engine really committed (group commit makes it far fewer than events)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.commits = 0
-        self._lock = threading.Lock()  # several writer threads may commit at once
-        event.listen(engine, "commit", self._on_commit)
-
-    def _on_commit(self, _connection: Any) -> None:
-        with self._lock:
-            self.commits += 1
-
-
-def json_text(value: Any) -> str:
-    """JSON columns are written with orjson (several per mirrored row); the standard encoder takes
-    what orjson refuses (integers past 64 bits, non-string keys) so nothing that wrote before fails."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value)
 
 
 def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:

@@ -43,7 +43,9 @@ def _plain_serializer(impl: Any, dialect: Dialect) -> Convert | None:
     if type(impl).bind_processor is not JSON.bind_processor or impl._str_impl.bind_processor(dialect):
         return None
     # What JSON.bind_processor serialises with (create_engine's json_serializer, app.db.engine sets it).
-    return dialect._json_serializer or json.dumps  # type: ignore[attr-defined,no-any-return]
+    # getattr: a private attribute that not every SQLAlchemy release declares on Dialect (2.1 does).
+    serializer: Convert | None = getattr(dialect, "_json_serializer", None)
+    return serializer or json.dumps
 
 
 def _json_converter(impl: Any, processor: Convert, dialect: Dialect) -> Convert:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
+
+from app.timestamps import parse_time
 
 SNAPSHOT_OBJECT = "event"
 THIN_OBJECT = "v2.core.event"
@@ -55,10 +56,6 @@ class Event:
         object.__setattr__(self, "object_id", object_id)
 
 
-def _rfc3339_to_unix(value: str) -> int:
-    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-
-
 def parse_event(raw: bytes) -> Event:
     try:
         text = raw.decode("utf-8")
@@ -95,7 +92,7 @@ def event_from_json(body: Any, raw: str) -> Event:
     if thin:
         _require(isinstance(created, str), "Thin event 'created' must be an RFC 3339 string")
         try:
-            created = _rfc3339_to_unix(created)
+            created = parse_time(created, strict=True)
         except ValueError:
             raise EnvelopeError("invalid_event", "Thin event 'created' is not RFC 3339") from None
     else:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import Connection, Table, select
+
+from app.json_text import json_text
 
 
 def deleted_object(object_name: str, object_id: str) -> str:
-    return json.dumps({"id": object_id, "object": object_name, "deleted": True}, separators=(",", ":"))
+    return json_text({"id": object_id, "object": object_name, "deleted": True})
 
 
 def retrieve_or_tombstone(

@@ -22,8 +22,9 @@ from sqlalchemy import Engine, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Invoice, InvoiceLineItem, InvoiceRenderingTemplate
+from app.json_text import json_text
 from app.mirror.driver_sql import driver_connection
-from app.mirror.handlers.base import StripeObject, to_json_text
+from app.mirror.handlers.base import StripeObject
 from app.mirror.handlers.lines import write_lines
 from app.mirror.upsert import VERSION_COLUMNS, Version, delete_unlisted, guarded_upsert, table_of
 from app.mirror.writes import Writes, execute_writes
@@ -75,7 +76,7 @@ def template_columns(obj: StripeObject) -> dict[str, Any]:
         "livemode": obj.get("livemode"),
         "metadata": obj.get("metadata"),
         "created": obj.get("created"),
-        "payload": to_json_text(obj),
+        "payload": json_text(obj),
     }
 
 
@@ -85,7 +86,7 @@ def backfill_templates(session: Session, templates: Iterable[StripeObject]) -> i
     for obj in templates:
         template_id, version = obj.get("id"), obj.get("version")
         if obj.get("object") != "invoice_rendering_template" or not isinstance(template_id, str):
-            raise BackfillError(f"Not an invoice_rendering_template: {to_json_text(obj)[:120]}")
+            raise BackfillError(f"Not an invoice_rendering_template: {json_text(obj)[:120]}")
         if not isinstance(version, int):
             raise BackfillError(f"Template {template_id} has no integer version")
         guarded_upsert(
@@ -110,7 +111,7 @@ def backfill_lines(session: Session, invoice_id: str, page: StripeList) -> Lines
     mirror holds. The invoice row is locked while this runs, so no event can slip in between."""
     for line in page.data:
         if line.get("object") != "line_item" or line.get("invoice") not in (None, invoice_id):
-            raise BackfillError(f"Not a line of {invoice_id}: {to_json_text(line)[:120]}")
+            raise BackfillError(f"Not a line of {invoice_id}: {json_text(line)[:120]}")
     invoices = table_of(Invoice)
     stored = session.execute(
         select(*(invoices.c[name] for name in VERSION_COLUMNS))

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import orjson
 
+from app.json_text import json_text
+
 EVENT_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson")
 CHUNK_CHARS = 1 << 20
 # A value larger than this is streamed member by member instead of decoded in one go.
@@ -36,10 +38,6 @@ MAX_VALUE_CHARS = 64 << 20
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
-
-
-def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,7 @@ def _is_list_envelope(value: Any) -> bool:
 
 def _list_elements(elements: Iterable[Any], origin: str) -> Iterator[SourceValue]:
     for index, element in enumerate(elements):
-        yield SourceValue(element, compact_json(element), f"{origin} data[{index}]", exact=False)
+        yield SourceValue(element, json_text(element), f"{origin} data[{index}]", exact=False)
 
 
 def _stream_array(buffer: _Buffer, origin: str) -> Iterator[SourceValue]:
@@ -205,7 +203,7 @@ def _stream_array(buffer: _Buffer, origin: str) -> Iterator[SourceValue]:
     while True:
         buffer.skip_whitespace()
         value, _ = buffer.decode()
-        yield SourceValue(value, compact_json(value), f"{origin} [{index}]", exact=False)
+        yield SourceValue(value, json_text(value), f"{origin} [{index}]", exact=False)
         index += 1
         following = buffer.skip_whitespace()
         buffer.pos += 1
@@ -240,7 +238,7 @@ def _stream_object(buffer: _Buffer, origin: str) -> Iterator[SourceValue]:
             if following != ",":
                 raise json.JSONDecodeError("Expecting ',' or '}'", buffer.text, buffer.pos - 1)
     if not streamed:  # one (oversized) object, not a list
-        yield SourceValue(members, compact_json(members), origin, exact=False)
+        yield SourceValue(members, json_text(members), origin, exact=False)
 
 
 def iter_stream(stream: IO[str], name: str, chunk: int = CHUNK_CHARS) -> Iterator[SourceItem]:

@@ -16,9 +16,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.ingest.store import DatabaseUnavailable, IngestResult
+import stamina
+
+from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.mirror.envelope import EnvelopeError, Event, event_from_json
-from app.mirror.handlers.base import Outcome
+from app.mirror.outcome import Outcome
 from app.recording.event_files import SourceItem, SourceProblem, SourceValue
 from app.webhook.signature import sign_header
 
@@ -236,6 +238,34 @@ def classify(status: int, body: Any) -> Answer:
     return Answer(rejection=f"{status} from the server (not a billing-mirror answer)")
 
 
+class _Unavailable(Exception):
+    """A 503 answer, raised so that stamina retries the delivery; the last one is classified."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+class _NotDelivered(Exception):
+    """The request itself failed (connection refused, reset, timeout): the event did not arrive."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
+def _post_signed(client: Poster, url: str, body: bytes, secrets: str | list[str]) -> Any:
+    # time.time() is looked up at each call (not bound once), so a frozen clock signs too.
+    signature = sign_header(body, secrets, int(time.time()))
+    headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
+    try:
+        response = client.post(url, content=body, headers=headers)
+    except Exception as exc:
+        raise _NotDelivered(exc) from exc
+    if response.status_code == 503:
+        raise _Unavailable(response)
+    return response
+
+
 def deliver(
     client: Poster,
     url: str,
@@ -244,26 +274,28 @@ def deliver(
     *,
     retries_when_unavailable: int = 3,
 ) -> Answer:
-    """Sign ``body`` at the current time and post it; a 503 is retried after a short pause.
-
-    ``time.time()`` is looked up at each call (not bound once), so a frozen clock signs too."""
-    attempt = 0
-    while True:
-        signature = sign_header(body, secrets, int(time.time()))
-        headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
-        try:
-            response = client.post(url, content=body, headers=headers)
-        except Exception as exc:  # connection refused, reset, timeout: the event did not arrive
-            return Answer(rejection=f"request failed: {type(exc).__name__}: {exc}")
-        if response.status_code == 503 and attempt < retries_when_unavailable:
-            attempt += 1
-            time.sleep(0.2 * attempt)
-            continue
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        return classify(response.status_code, payload)
+    """Sign ``body`` at the current time and post it; a 503 is retried (signed anew) after a short,
+    growing pause with jitter, at most ``retries_when_unavailable`` times."""
+    try:
+        for attempt in stamina.retry_context(
+            on=_Unavailable,
+            attempts=retries_when_unavailable + 1,
+            timeout=None,
+            wait_initial=0.2,
+            wait_max=2.0,
+            wait_jitter=0.1,
+        ):
+            with attempt:
+                response = _post_signed(client, url, body, secrets)
+    except _Unavailable as last:
+        response = last.response
+    except _NotDelivered as failure:  # reported, not retried
+        return Answer(rejection=f"request failed: {failure}")
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    return classify(response.status_code, payload)
 
 
 def _count_answer(summary: ReplaySummary, answer: Answer, origin: str) -> None:

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, or_, select
 
 from app.db.models import StripeEvent
-from app.ingest.store import DatabaseUnavailable, EventStore, IngestResult
+from app.ingest.apply import DatabaseUnavailable, IngestResult
+from app.ingest.store import EventStore
 from app.mirror.envelope import EnvelopeError, Event, parse_event
-from app.mirror.handlers.base import Outcome
+from app.mirror.outcome import Outcome
 from app.mirror.upsert import table_of
 
 EVENTS = table_of(StripeEvent)
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
 RETRY_BATCH = 200
-
-
-def parse_time(value: str) -> int:
-    """Unix seconds, or an ISO 8601 date / date-time (UTC unless it says otherwise)."""
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{value!r} is neither unix seconds nor an ISO 8601 date or date-time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp())
 
 
 @dataclass(frozen=True)

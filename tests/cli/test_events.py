@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -11,7 +12,7 @@ from sqlalchemy import Engine
 from app.cli.main import cli
 from app.ingest.store import EventStore
 from app.mirror.envelope import parse_event
-from tests.ingest.test_ingest_batch import fails_for, item_event, stored
+from tests.support import fails_for, item_event, stored
 
 SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
@@ -68,9 +69,11 @@ def test_list_show_and_retry_failed_events(db_url: str, engine: Engine) -> None:
     events = [item_event(f"ii_cli_{n}", 100 + n, event_id=f"evt_cli_{n}") for n in range(3)]
     EventStore(engine, apply=fails_for("evt_cli_1", "evt_cli_2")).ingest(events)
 
-    listed = invoke(db_url, "events", "list", "--status", "failed").stdout.splitlines()
+    header, *listed = invoke(db_url, "events", "list", "--status", "failed").stdout.splitlines()
+    assert header.split() == ["ID", "CREATED", "TYPE", "OUTCOME", "ATTEMPTS", "ERROR"]
     assert [line.split()[0] for line in listed] == ["evt_cli_2", "evt_cli_1"]
     assert "handler bug on evt_cli_2" in listed[0]
+    assert re.split(r" {2,}", listed[0])[3:5] == ["failed", "1"]  # columns two spaces apart
 
     shown = invoke(db_url, "events", "show", "evt_cli_1")
     assert "outcome:     failed" in shown.stdout and "ii_cli_1" in shown.stdout

@@ -1,8 +1,12 @@
-"""billing-mirror payments|items list|get on both databases, through click's CliRunner."""
+"""billing-mirror payments|items|invoices|meters|alerts|templates list|get on both databases, through
+click's CliRunner; and the same tables as drawn on a terminal."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +15,31 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
 from app.cli.main import cli
-from tests.mirror_data import ingest, item, item_created, item_deleted, payment, payment_event
+from app.cli.read import PAYMENT_COLUMNS, print_objects, print_record
+from app.mirror.envelope import parse_event
+from app.recording.backfill import backfill_templates, read_list, run_in_transaction
+from tests.support import (
+    EVENT_FIXTURES,
+    INVOICE_A,
+    METER,
+    encode,
+    fixture_path,
+    ingest_batch,
+    ingest_each,
+    item,
+    item_created,
+    item_deleted,
+    payment,
+    payment_event,
+    recorded,
+)
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 
 
 @pytest.fixture
 def mirror(engine: Engine) -> None:
-    ingest(
+    ingest_batch(
         engine,
         [
             payment_event(payment("inpay_01", T0 + 10, invoice="in_A", ref="pi_1", amount=2000)),
@@ -34,7 +55,7 @@ def mirror(engine: Engine) -> None:
             item_created(item("ii_04", T0 + 40, customer="cus_A")),
         ],
     )
-    ingest(engine, [item_deleted("ii_04", T0 + 50)])
+    ingest_batch(engine, [item_deleted("ii_04", T0 + 50)])
 
 
 def run(db_url: str, *args: str) -> Result:
@@ -114,3 +135,76 @@ def test_missing_sqlite_file_is_explained(tmp_path: Path) -> None:
     result = run(f"sqlite:///{tmp_path / 'absent.db'}", "items", "list")
     assert result.exit_code == 1 and "No mirror database" in result.output
     assert not (tmp_path / "absent.db").exists()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_same_cells_make_a_rich_table(
+    db_url: str, mirror: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = json.loads(run(db_url, "payments", "list", "--json").output)["data"]
+    plain = run(db_url, "payments", "list").output.splitlines()
+    shown = run(db_url, "payments", "get", "inpay_02").output.splitlines()
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    print_objects(PAYMENT_COLUMNS, objects)
+    assert "\x1b[1m" in terminal.getvalue()  # a bold header
+    header, rule, *rows = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue()).splitlines()
+    assert header.split() == plain[0].split() and set(rule) == {"─"}
+    assert [row.split() for row in rows] == [line.split() for line in plain[1:]]  # the same cells
+
+    terminal.seek(0)
+    terminal.truncate()
+    print_record(PAYMENT_COLUMNS, objects[1])
+    drawn = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue()).splitlines()
+    assert [line.split() for line in drawn] == [line.split() for line in shown]
+
+
+# ---- invoices, meters, alerts, templates: the recorded deliveries and the templates backfill ----
+
+
+@pytest.fixture
+def billing_mirror(engine: Engine) -> None:
+    events = sorted(
+        (recorded(name) for name in EVENT_FIXTURES), key=lambda e: (parse_event(encode(e)).created, e["id"])
+    )
+    ingest_each(engine, *events)
+    templates = read_list(fixture_path("invoice_rendering_templates.list.json")).data
+    run_in_transaction(engine, lambda session: backfill_templates(session, templates))
+
+
+def run_ok(db_url: str, *args: str) -> Result:
+    result = run(db_url, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_invoices_list_and_get(db_url: str, billing_mirror: None) -> None:
+    paid = run_ok(db_url, "invoices", "list", "--status", "paid")
+    assert table_ids(paid.output) == ["in_1SyD10B7WZ01zgkWovrpD001", INVOICE_A]
+    assert "41.50 usd" in paid.output and "QXG1O8VC-0007" in paid.output
+    as_json = json.loads(
+        run_ok(db_url, "invoices", "list", "--created-gte", "2026-01-01T00:50:00", "--json").output
+    )
+    assert [obj["id"] for obj in as_json["data"]][-1] == "in_1SyK10B7WZ01zgkWmanyG001"
+    deleted = run_ok(db_url, "invoices", "get", "in_1SyE10B7WZ01zgkWdraftE01")
+    assert deleted.output.strip().endswith("(deleted)")
+    assert json.loads(run_ok(db_url, "invoices", "get", INVOICE_A, "--json").output)["status"] == "paid"
+
+
+def test_meters_alerts_templates(db_url: str, billing_mirror: None) -> None:
+    assert table_ids(run_ok(db_url, "meters", "list", "--status", "active").output) == [METER]
+    assert "api_requests" in run_ok(db_url, "meters", "get", METER).output
+    alerts = run_ok(db_url, "alerts", "list", "--meter", METER)
+    assert table_ids(alerts.output) == ["alrt_61SyG10B7WZ01zgkW3Rt5uVw"] and "100000" in alerts.output
+    templates = run_ok(db_url, "templates", "list", "--status", "archived")
+    assert (
+        table_ids(templates.output) == ["inrtem_1SyJ11B7WZ01zgkWtplOLD1"]
+        and "Legacy layout" in templates.output
+    )

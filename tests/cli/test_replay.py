@@ -1,13 +1,25 @@
-"""billing-mirror replay: arguments, stdin, exit status, summary."""
+"""billing-mirror replay: arguments, stdin, exit status, summary, retries, the progress bar."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
+import rich.progress
+import stamina
 from click.testing import CliRunner
 
 from app.cli.main import cli
+from app.cli.replay import UPDATE_SECONDS, ReplayProgress
+from app.recording.event_files import ReadProgress
+from app.recording.replay import Answer, deliver
 
 SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 
@@ -43,3 +55,80 @@ def test_unreachable_server_is_a_rejection_not_a_crash() -> None:
     summary = json.loads(result.output.splitlines()[-1])
     assert summary["rejected"] == 11 and summary["sent"] == 11
     assert all(reason.startswith("request failed: ConnectError") for reason in summary["reasons"])
+
+
+class Flaky:
+    """A receiver that answers with the given statuses in turn (503: the database is unavailable)."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.posts = 0
+
+    def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        self.posts += 1
+        status = self.statuses.pop(0)
+        if status == 503:
+            return httpx.Response(503, json={"error": {"type": "database_unavailable", "message": "down"}})
+        return httpx.Response(status, json={"received": True, "outcome": "applied", "duplicate": False})
+
+
+def test_a_503_is_retried_then_reported() -> None:
+    with stamina.set_testing(True, attempts=10, cap=True):  # the configured attempts, without sleeping
+        recovered = Flaky(503, 503, 200)
+        assert deliver(recovered, "http://mirror/webhooks/stripe", b"{}", "whsec_x") == Answer("applied")
+        assert recovered.posts == 3
+        down = Flaky(*[503] * 5)
+        answer = deliver(down, "http://mirror/webhooks/stripe", b"{}", "whsec_x")
+        assert answer == Answer(rejection="503 database_unavailable: down") and down.posts == 4
+
+
+def test_a_failed_request_is_not_retried() -> None:
+    class Refusing:
+        posts = 0
+
+        def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Any:
+            self.posts += 1
+            raise httpx.ConnectError("refused")
+
+    client = Refusing()
+    with stamina.set_testing(True, attempts=10, cap=True):
+        answer = deliver(client, "http://mirror/webhooks/stripe", b"{}", "whsec_x")
+    assert answer == Answer(rejection="request failed: ConnectError: refused") and client.posts == 1
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only_and_not_per_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    updates = 0
+    update = rich.progress.Progress.update
+
+    def counted(self: rich.progress.Progress, *args: Any, **kwargs: Any) -> None:
+        nonlocal updates
+        updates += 1
+        update(self, *args, **kwargs)
+
+    monkeypatch.setattr(rich.progress.Progress, "update", counted)
+    monkeypatch.setenv("COLUMNS", "120")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    read = ReadProgress()
+    started = time.monotonic()
+    with ReplayProgress(read) as progress:
+        for _ in range(100_000):
+            progress.tick(1)
+    seconds = time.monotonic() - started
+    assert progress.enabled and progress.count == 100_000
+    assert updates <= seconds / UPDATE_SECONDS + 2  # the figures, a few times a second, and the last
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    assert "replayed" in drawn and "100,000 events" in drawn
+
+    drawn_before, updates_before = terminal.getvalue(), updates
+    silent = ReplayProgress(ReadProgress(), enabled=False)
+    with silent:
+        silent.tick(500)
+    assert silent.count == 500 and updates == updates_before and terminal.getvalue() == drawn_before

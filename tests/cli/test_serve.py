@@ -16,9 +16,17 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from tests.conftest import PROJECT_ROOT, LiveServer
-from tests.events import encode, load_fixture, make_event, signed_headers
-from tests.mirror_rows import one, rows
+from app.testing.dump import rows
+from tests.support import (
+    PROJECT_ROOT,
+    LiveServer,
+    blast,
+    encode,
+    load_fixture,
+    make_event,
+    one,
+    signed_headers,
+)
 
 T = 1_767_225_600
 pytestmark = pytest.mark.slow
@@ -62,21 +70,6 @@ def payment_snapshot(pid: str, step: int) -> dict[str, Any]:
         status_transitions={"paid_at": T + step if paid else None, "canceled_at": None},
     )
     return obj
-
-
-async def blast(url: str, bodies: list[bytes], concurrency: int) -> list[int]:
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        semaphore = asyncio.Semaphore(concurrency)
-
-        async def send(body: bytes) -> int:
-            async with semaphore:
-                response = await client.post(
-                    "/webhooks/stripe", content=body, headers=signed_headers(body, int(time.time()))
-                )
-                return response.status_code
-
-        return await asyncio.gather(*(send(body) for body in bodies))
 
 
 def test_concurrent_receivers_lose_no_update(live_server: Callable[..., LiveServer], engine: Engine) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.models import BillingAlert, BillingAlertTrigger
-from app.mirror.handlers.base import Source, StripeObject, dig, ref_id, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import Source, StripeObject, dig, ref_id
 from app.mirror.upsert import Version, guarded_upsert
 from app.mirror.writes import Writes
 
@@ -34,7 +35,7 @@ def alert_columns(alert: StripeObject) -> dict[str, Any]:
         "recurrence": dig(alert, "usage_threshold", "recurrence"),
         "customer": filter_customer(alert),
         "filters": dig(alert, "usage_threshold", "filters"),
-        "payload": to_json_text(alert),
+        "payload": json_text(alert),
     }
 
 
@@ -50,6 +51,6 @@ def handle_alert_triggered(writes: Writes, obj: StripeObject, source: Source) ->
         "value": obj.get("value"),
         "created": obj.get("created"),
         "livemode": obj.get("livemode"),
-        "payload": to_json_text(obj),
+        "payload": json_text(obj),
     }
     guarded_upsert(writes, BillingAlertTrigger, {"event_id": source.event_id}, trigger, version)

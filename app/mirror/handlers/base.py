@@ -5,12 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import orjson
-
-from app.mirror.outcome import Outcome
 from app.mirror.writes import Writes
-
-__all__ = ["Outcome"]  # re-exported: handlers and their callers name outcomes from here
 
 
 class Source(NamedTuple):
@@ -57,8 +52,3 @@ def count_set(mapping: Any) -> int:
     if not isinstance(mapping, dict):
         return 0
     return len(mapping) - list(mapping.values()).count(None)
-
-
-def to_json_text(obj: Any) -> str:
-    """Compact JSON, non-ASCII kept as is (orjson: the payload of every row is written with it)."""
-    return orjson.dumps(obj).decode()

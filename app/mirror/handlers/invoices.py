@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.models import Invoice
-from app.mirror.handlers.base import Source, StripeObject, as_dict, count_set, ref_id, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import Source, StripeObject, as_dict, count_set, ref_id
 from app.mirror.handlers.lines import write_lines
 from app.mirror.handlers.payments import upsert_invoice_payment
 from app.mirror.upsert import NO_DATA, Version, guarded_upsert
@@ -96,7 +97,7 @@ def invoice_columns(obj: StripeObject) -> dict[str, Any]:
         "created": get("created"),
         "test_clock": ref_id(get("test_clock")),
         "lines_incomplete": bool(lines.get("has_more")) if isinstance(lines, dict) else None,
-        "payload": to_json_text(obj),
+        "payload": json_text(obj),
     }
 
 

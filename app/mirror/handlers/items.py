@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.models import InvoiceItem
-from app.mirror.handlers.base import Source, StripeObject, as_dict, ref_id, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import Source, StripeObject, as_dict, ref_id
 from app.mirror.upsert import NO_DATA, Version, guarded_upsert
 from app.mirror.writes import Writes
 
@@ -49,7 +50,7 @@ def item_columns(obj: StripeObject) -> dict[str, Any]:
         "quantity_decimal": get("quantity_decimal"),
         "tax_rates": get("tax_rates"),
         "test_clock": ref_id(get("test_clock")),
-        "payload": to_json_text(obj),
+        "payload": json_text(obj),
     }
 
 

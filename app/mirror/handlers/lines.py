@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.db.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
-from app.mirror.handlers.base import StripeObject, as_dict, ref_id, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import StripeObject, as_dict, ref_id
 from app.mirror.upsert import Version, delete_superseded, guarded_upsert, guarded_upsert_many
 from app.mirror.writes import Writes
 
@@ -62,7 +63,7 @@ def line_columns(line: StripeObject, invoice_id: str, position: int) -> dict[str
         "quantity_decimal": get("quantity_decimal"),
         "subtotal": get("subtotal"),
         "taxes": get("taxes"),
-        "payload": to_json_text(line),
+        "payload": json_text(line),
     }
 
 

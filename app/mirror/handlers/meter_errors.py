@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.models import BillingMeterErrorReport
-from app.mirror.handlers.base import Source, StripeObject, dig, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import Source, StripeObject, dig
 from app.mirror.upsert import Version, guarded_upsert
 from app.mirror.writes import Writes
 
@@ -37,7 +38,7 @@ def error_report_columns(body: StripeObject, source: Source) -> dict[str, Any]:
         "validation_end": data.get("validation_end"),
         "error_count": dig(data, "reason", "error_count"),
         "error_types": dig(data, "reason", "error_types"),
-        "payload": to_json_text(body),
+        "payload": json_text(body),
     }
 
 

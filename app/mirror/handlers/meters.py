@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.models import BillingMeter
-from app.mirror.handlers.base import Source, StripeObject, dig, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import Source, StripeObject, dig
 from app.mirror.upsert import Version, guarded_upsert
 from app.mirror.writes import Writes
 
@@ -37,7 +38,7 @@ def meter_columns(obj: StripeObject) -> dict[str, Any]:
         "livemode": obj.get("livemode"),
         "created": obj.get("created"),
         "updated": obj.get("updated"),
-        "payload": to_json_text(obj),
+        "payload": json_text(obj),
     }
 
 

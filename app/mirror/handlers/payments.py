@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from app.db.models import InvoicePayment
-from app.mirror.handlers.base import Source, StripeObject, as_dict, count_set, ref_id, to_json_text
+from app.json_text import json_text
+from app.mirror.handlers.base import Source, StripeObject, as_dict, count_set, ref_id
 from app.mirror.upsert import Version, guarded_upsert
 from app.mirror.writes import Writes
 
@@ -41,7 +42,7 @@ def payment_columns(obj: StripeObject) -> dict[str, object]:
         "status": get("status"),
         "paid_at": stamps.get("paid_at"),
         "canceled_at": stamps.get("canceled_at"),
-        "payload": to_json_text(obj),
+        "payload": json_text(obj),
     }
 
 

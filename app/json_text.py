@@ -1,0 +1,20 @@
+"""Compact JSON text of a value: stored payloads, JSON columns, re-serialized events, tombstones.
+
+A leaf: it imports nothing from app, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON, non-ASCII kept as is. orjson first (it runs for every mirrored row); the standard
+    encoder takes what orjson refuses (integers past 64 bits, non-string keys)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

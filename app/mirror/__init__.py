@@ -1,0 +1,2 @@
+"""The mirror: event envelopes, the handlers that turn Stripe objects into guarded writes, and the
+compiled statements those writes run."""
