@@ -24,8 +24,7 @@ from app.db.engine import make_engine
 from app.db.migrate import upgrade
 from app.ingest.store import EventStore
 from app.mirror.envelope import Event, parse_event
-from tests.dbs import postgres_problem, temporary_pg_database
-from tests.events import encode, load_fixture, make_event
+from tests.support import encode, load_fixture, make_event, postgres_problem, temporary_pg_database
 
 T0 = 1_767_225_600
 

@@ -43,8 +43,8 @@ from starlette.testclient import TestClient
 from app.db.engine import make_engine, normalize_url
 from app.db.migrate import upgrade
 from app.db.models import InvoiceItem, InvoicePayment
+from app.json_text import json_text
 from app.main import create_app
-from app.mirror.handlers.base import to_json_text
 from app.mirror.handlers.items import item_columns
 from app.mirror.handlers.payments import payment_columns
 from app.mirror.upsert import table_of
@@ -52,7 +52,7 @@ from app.read.params import parse_list_request, parse_query_string
 from app.read.resource import Resource
 from app.read.resources import invoice_items, invoice_payments
 from app.settings import Settings
-from tests.dbs import temporary_pg_database
+from tests.support import temporary_pg_database
 
 API_KEY = "bm_bench_key"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -200,7 +200,7 @@ def build_payments(count: int, mirror: Mirror, rng: random.Random) -> list[dict[
 
 
 def _db_value(value: Any) -> Any:
-    return to_json_text(value) if isinstance(value, dict | list) else value
+    return json_text(value) if isinstance(value, dict | list) else value
 
 
 def load_sqlite(path: Path, table: str, rows: Sequence[dict[str, Any]]) -> None:

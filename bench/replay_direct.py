@@ -175,7 +175,7 @@ def fresh_sqlite(folder: Path, name: str) -> str:
 def temporary_postgres() -> Iterator[str]:
     """A migrated scratch database, dropped afterwards."""
     from app.db.migrate import upgrade
-    from tests.dbs import temporary_pg_database
+    from tests.support import temporary_pg_database
 
     with temporary_pg_database("bm_bench", PG_ADMIN) as url:
         upgrade(url)

@@ -38,7 +38,7 @@ from app.db.engine import normalize_url
 from app.db.migrate import upgrade
 from bench.deliveries import Delivery, DeliveryFactory, http_request
 from bench.loadgen import LoadResult, drive
-from tests.dbs import temporary_pg_database
+from tests.support import temporary_pg_database
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import SQLModel
@@ -22,11 +16,27 @@ from app.db.engine import make_engine
 from app.db.migrate import upgrade
 from app.main import create_app
 from app.settings import Settings
-from tests.dbs import copy_sqlite, postgres_problem, require_postgres, temporary_pg_database
-from tests.events import SECRET
-from tests.mirror_data import API_KEY, BEARER, OTHER_API_KEY
+from tests.support import (
+    API_KEY,
+    BACKENDS,
+    BEARER,
+    OTHER_API_KEY,
+    SECRET,
+    LiveServer,
+    copy_sqlite,
+    postgres_problem,
+    require_postgres,
+    temporary_pg_database,
+)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+@pytest.fixture(autouse=True)
+def _retries_never_sleep() -> Iterator[None]:
+    """stamina's retries (app.recording.replay) never sleep in tests: one attempt, unless a test sets more."""
+    import stamina
+
+    with stamina.set_testing(True):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +83,7 @@ def _truncate_all(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     """A migrated, empty database: SQLite file or PostgreSQL."""
     if request.param == "sqlite":
@@ -106,61 +116,6 @@ def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
     """The real application, in process, on the parametrized database."""
     with TestClient(create_app(make_settings())) as test_client:
         yield test_client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
-    """``billing-mirror serve`` in a subprocess on 127.0.0.1."""
-
-    def __init__(self, database_url: str, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": SECRET}
-        env.update(extra_env or {})
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli.main",
-                "serve",
-                "--no-migrate",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                output = self.process.stdout.read().decode() if self.process.stdout else ""
-                raise RuntimeError(f"server exited early:\n{output}")
-            try:
-                httpx.get(f"{self.url}/webhooks/stripe", timeout=0.5)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start in time")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture

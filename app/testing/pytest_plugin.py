@@ -4,7 +4,7 @@ Installing billing-mirror gives any test suite these fixtures:
 
 - ``mirror``: the real application on a fresh, migrated SQLite file, wrapped in a Starlette
   TestClient; ``mirror.deliver(event)`` signs and posts one event, ``mirror.query(sql)`` reads
-  the mirror, ``mirror.rows(table)`` dumps a table.
+  the mirror, ``mirror.rows(table)`` dumps a table, ``mirror.dump()`` every table.
 - ``signed_delivery(event, secret=None, timestamp=None)``: the body and headers Stripe would send.
 - ``replay(path_or_events, direct=False)``: recorded events (a JSONL / JSON file, a directory, or a
   list of events) delivered to ``mirror`` over HTTP, or applied directly; returns the summary.
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from app.json_text import json_text
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from starlette.testclient import TestClient
@@ -46,7 +48,7 @@ def _body_of(event: EventLike) -> bytes:
         return event
     if isinstance(event, str):
         return event.encode("utf-8")
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json_text(event).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,16 @@ class Mirror:
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of a mirror table (``invoice_payments``, ``invoice_items``, ``stripe_events``...)
         with typed values (JSON columns decoded, booleans as bool), sorted by primary key."""
-        from sqlalchemy import select
-        from sqlmodel import SQLModel
+        from app.testing.dump import rows
 
-        import app.db.models  # noqa: F401  (registers the tables)
+        return rows(self.engine, table)
 
-        model_table = SQLModel.metadata.tables[table]
-        query = select(model_table).order_by(*model_table.primary_key.columns)
-        with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+    def dump(self) -> dict[str, list[dict[str, Any]]]:
+        """Every table as ``rows`` reads it, keyed by table name, without ``stripe_events``'
+        ``received_at`` and ``processed_at``: two mirrors holding the same data dump equal."""
+        from app.testing.dump import dump
+
+        return dump(self.engine)
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         """The stored ``stripe_events`` row of one event."""

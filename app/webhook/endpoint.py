@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from app.ingest.apply import DatabaseUnavailable
 from app.ingest.committer import Committer
-from app.ingest.store import DatabaseUnavailable
 from app.mirror.envelope import EnvelopeError, parse_event
-from app.mirror.handlers.base import Outcome
+from app.mirror.outcome import Outcome
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.webhook.errors import error_response
 from app.webhook.signature import SignatureError, verify_signature

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from tests.mirror_data import ingest, item, item_created, item_deleted, payment, payment_event
+from tests.support import ingest_batch, item, item_created, item_deleted, payment, payment_event
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SCHEMA_SECTION = README.split("## SQL schema", 1)[1]
@@ -44,7 +44,7 @@ def test_every_column_and_index_is_documented(engine: Engine, table: str) -> Non
 
 def test_example_queries_run_as_written(engine: Engine) -> None:
     assert len(EXAMPLES) == 3
-    ingest(
+    ingest_batch(
         engine,
         [
             payment_event(payment("inpay_dec", JAN_2026 - 3600)),  # paid_at = created + 5
@@ -59,7 +59,7 @@ def test_example_queries_run_as_written(engine: Engine) -> None:
             item_created(item("ii_other", JAN_2026 + 80, customer="cus_other")),
         ],
     )
-    ingest(engine, [item_deleted("ii_gone", JAN_2026 + 90)])
+    ingest_batch(engine, [item_deleted("ii_gone", JAN_2026 + 90)])
     with engine.connect() as connection:
         paid_in_january = connection.execute(text(EXAMPLES[0])).all()
         pending = connection.execute(text(EXAMPLES[1])).all()

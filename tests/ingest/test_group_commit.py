@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app.db.migrate import upgrade
-from tests.conftest import LiveServer, free_port
-from tests.events import encode, load_fixture, make_event, signed_headers
+from tests.support import LiveServer, encode, free_port, load_fixture, make_event, signed_headers
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import time
 from collections.abc import Iterator
@@ -19,36 +18,7 @@ from app.ingest.store import EventStore
 from app.mirror.dispatch import apply_event
 from app.mirror.envelope import Event, parse_event
 from app.mirror.writes import Writes
-from tests.events import encode, load_fixture, make_event
-
-ITEM = load_fixture("invoiceitem.created.json")["data"]["object"]
-
-
-def item_event(item_id: str, created: int, event_id: str | None = None) -> Event:
-    obj = {**copy.deepcopy(ITEM), "id": item_id}
-    return parse_event(encode(make_event("invoiceitem.created", obj, created=created, event_id=event_id)))
-
-
-def fails_for(*event_ids: str):  # type: ignore[no-untyped-def]
-    """The real dispatcher, except that the handler of the named events raises (a bug in a handler)."""
-
-    def apply(writes: Writes, event: Event) -> None:
-        apply_event(writes, event)
-        if event.id in event_ids:
-            raise ValueError(f"handler bug on {event.id}")
-
-    return apply
-
-
-def stored(engine: Engine) -> dict[str, tuple[str, int, str | None]]:
-    with engine.connect() as connection:
-        rows = connection.execute(text("SELECT id, outcome, attempts, error FROM stripe_events"))
-        return {row.id: (row.outcome, row.attempts, row.error) for row in rows}
-
-
-def items(engine: Engine) -> dict[str, str]:
-    with engine.connect() as connection:
-        return dict(connection.execute(text("SELECT id, last_event_id FROM invoice_items")).all())
+from tests.support import ITEM_TEMPLATE, POSTGRESQL, fails_for, item_event, items, make_event, stored
 
 
 def test_a_failing_handler_leaves_its_event_failed_and_its_neighbours_applied(engine: Engine) -> None:
@@ -120,7 +90,7 @@ def test_older_snapshot_is_stale_in_a_batch(engine: Engine) -> None:
 
 def test_every_event_is_stored_with_its_exact_body(engine: Engine) -> None:
     body = json.dumps(
-        make_event("invoiceitem.created", {**ITEM, "id": "ii_raw", "description": "Café ☕"}),
+        make_event("invoiceitem.created", {**ITEM_TEMPLATE, "id": "ii_raw", "description": "Café ☕"}),
         indent=1,
         ensure_ascii=False,
     )
@@ -140,12 +110,12 @@ def test_a_failed_event_in_a_batch_of_known_events_is_retried_with_attempts_coun
     assert stored(engine)["evt_retry"][:2] == ("applied", 3)
 
 
+# Only PostgreSQL: SQLite writers hold the database lock for the whole batch, nobody can store meanwhile.
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
 def test_an_event_stored_by_another_receiver_meanwhile_is_a_duplicate(engine: Engine, db_url: str) -> None:
     """Two receivers on one PostgreSQL: the other one stores the same event after this batch looked
     it up and before this batch stores it. A third connection holds a row lock that this batch's
     first write waits for, which opens exactly that window."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite writers hold the database lock for the whole batch: nobody can store meanwhile")
     EventStore(engine).ingest([item_event("ii_race_neighbour", 50, event_id="evt_race_old")])
     neighbour = item_event("ii_race_neighbour", 100, event_id="evt_race_neighbour")
     event = item_event("ii_race", 100, event_id="evt_race")
@@ -184,11 +154,11 @@ def wait_until_blocked_on_a_lock(engine: Engine) -> None:
     raise AssertionError("the batch never waited for the locked row")
 
 
-def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine, db_url: str) -> None:
+# Only PostgreSQL: sqlite3 has no pipelines, in process a statement costs no round trip.
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
+def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine) -> None:
     """One round trip for all the writes of a batch instead of one per statement (the row counts,
     and so the outcomes, are the same: see the tests above)."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("sqlite3 has no pipelines: in process, a statement costs no round trip")
     from app.mirror.writes import execute_writes_of_events
 
     events = [item_event(f"ii_p{n}", 100 + n, event_id=f"evt_p{n}") for n in range(4)]

@@ -24,26 +24,16 @@ from app.db.engine import make_engine
 from app.db.sqlite_setup import BackgroundCheckpointer, configure_connection
 from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.ingest.plan import plan_event
-from app.ingest.sqlite_writer import (
-    CHUNK_EVENTS,
-    WAL_RESTART_FRAMES,
-    SqliteWriterProcess,
-    WalSyncer,
-    WriterProcessError,
-    encode_batch,
-    read_request,
-)
+from app.ingest.sqlite_writer import WAL_RESTART_FRAMES, WalSyncer
 from app.ingest.store import WriterProcessStore
+from app.ingest.writer_process import SqliteWriterProcess, WriterProcessError
+from app.ingest.writer_protocol import CHUNK_EVENTS, decode_request, encode_batch, read_payload
 from app.mirror.envelope import Event
-from tests.ingest.test_ingest_batch import fails_for, item_event, items, stored
+from tests.support import events, fails_for, items, stored
 
 
 class MarshalRefuses(str):
     """A str subclass: pickle takes it, marshal does not."""
-
-
-def events(prefix: str, count: int) -> list[Event]:
-    return [item_event(f"ii_{prefix}_{n}", 100 + n, event_id=f"evt_{prefix}_{n}") for n in range(count)]
 
 
 def test_a_batch_larger_than_a_chunk_is_one_transaction_answered_after_its_commit(
@@ -103,7 +93,7 @@ def test_a_writer_that_dies_fails_its_batches_and_is_replaced(file_engine: Engin
     with SqliteWriterProcess(str(sqlite_file)) as writer:
         store = WriterProcessStore(file_engine, writer)
         store.ingest(events("before", 2))
-        child = writer._require_child()
+        child = writer._require_child().process
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
         with pytest.raises(WriterProcessError, match="exit status -9"):
@@ -113,7 +103,7 @@ def test_a_writer_that_dies_fails_its_batches_and_is_replaced(file_engine: Engin
         assert all(isinstance(result, DatabaseUnavailable) for result in lost)
         after = store.ingest(events("during", 2))
         assert [r.outcome for r in after if isinstance(r, IngestResult)] == ["applied", "applied"]
-        assert writer._require_child().pid != child.pid
+        assert writer._require_child().process.pid != child.pid
     assert set(stored(file_engine)) == {"evt_before_0", "evt_before_1", "evt_during_0", "evt_during_1"}
 
 
@@ -193,7 +183,7 @@ def test_a_batch_marshal_refuses_crosses_pickled(file_engine: Engine, sqlite_fil
     odd = planned._replace(row=(*planned.row[:-1], MarshalRefuses("2026-11-23 12:00:00.000000")))
     chunk = b"".join(encode_batch([odd], keep_order=True))
     assert chunk[4:5] == b"p"
-    (decoded,), keep_order, last = read_request(io.BytesIO(chunk))
+    (decoded,), keep_order, last = decode_request(read_payload(io.BytesIO(chunk)))
     assert (decoded, keep_order, last) == (tuple(odd), True, True)
 
 

@@ -12,11 +12,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from tests.billing import INVOICE_A, METER, T0, recorded, snapshot_of
-from tests.cli.test_serve import blast
-from tests.conftest import LiveServer
-from tests.events import encode, make_event
-from tests.mirror_rows import one, rows
+from app.testing.dump import rows
+from tests.support import (
+    INVOICE_A,
+    METER,
+    POSTGRESQL,
+    T0,
+    LiveServer,
+    blast,
+    encode,
+    make_event,
+    one,
+    recorded,
+    snapshot_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +42,7 @@ def draft(step: int) -> dict[str, Any]:
     return obj
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
 def test_concurrent_snapshots_of_one_invoice_converge_to_the_newest(
     live_server: Callable[..., LiveServer], engine: Engine
 ) -> None:

@@ -10,21 +10,24 @@ from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
 from app.mirror.envelope import parse_event
-from app.mirror.handlers.base import Outcome
-from tests.billing import (
+from app.mirror.outcome import Outcome
+from app.testing.dump import rows
+from tests.support import (
     EVENT_FIXTURES,
     INVOICE_A,
     INVOICE_G,
     METER,
     T0,
     deliver,
-    ingest,
+    encode,
+    ingest_each,
     item_state,
+    load_fixture,
+    make_event,
+    one,
     recorded,
     snapshot_of,
 )
-from tests.events import encode, load_fixture, make_event
-from tests.mirror_rows import one, rows
 
 MIRRORED_TYPES = {
     "billing.alert.triggered",
@@ -81,7 +84,7 @@ def test_every_recorded_event_type_is_verified_and_applied(client: TestClient, e
 
 def test_invoice_columns(engine: Engine) -> None:
     event = recorded("invoice.finalized")
-    assert ingest(engine, event) == [Outcome.APPLIED]
+    assert ingest_each(engine, event) == [Outcome.APPLIED]
     row = one(engine, "invoices", id=INVOICE_A)
     obj = event["data"]["object"]
     assert (row["customer"], row["status"], row["currency"]) == ("cus_TkQ7cW3mJ9xN2a", "open", "usd")
@@ -113,7 +116,7 @@ def test_invoice_columns(engine: Engine) -> None:
 
 def test_line_columns_keep_every_field_and_the_invoice_order(engine: Engine) -> None:
     event = recorded("invoice.created")
-    ingest(engine, event)
+    ingest_each(engine, event)
     lines = event["data"]["object"]["lines"]["data"]
     assert line_ids(engine, INVOICE_A) == [line["id"] for line in lines]
     proration = one(engine, "invoice_line_items", id="il_1SyA13B7WZ01zgkWiiA00002")
@@ -149,7 +152,7 @@ def test_line_columns_keep_every_field_and_the_invoice_order(engine: Engine) -> 
 def test_lines_missing_from_a_newer_draft_snapshot_are_removed(engine: Engine, newer_first: bool) -> None:
     created, updated = recorded("invoice.created"), recorded("invoice.updated")
     order = (updated, created) if newer_first else (created, updated)
-    ingest(engine, *order)
+    ingest_each(engine, *order)
     # The prorated seats line was dropped by the newer snapshot; an older one never brings it back.
     assert line_ids(engine, INVOICE_A) == ["il_1SyA12B7WZ01zgkWiiA00001", "il_1SyA11B7WZ01zgkWsubA0001"]
     assert {row["last_event_id"] for row in rows(engine, "invoice_line_items")} == {updated["id"]}
@@ -160,27 +163,27 @@ def test_an_older_snapshot_never_removes_lines_of_a_newer_one(engine: Engine) ->
     older = snapshot_of("invoice.created")
     older["lines"]["data"] = older["lines"]["data"][2:]  # only the subscription line
     newer = snapshot_of("invoice.created")
-    ingest(engine, make_event("invoice.updated", newer, created=T0 + 50, event_id="evt_newer"))
-    assert ingest(engine, make_event("invoice.updated", older, created=T0 + 10, event_id="evt_older")) == [
-        Outcome.STALE
-    ]
+    ingest_each(engine, make_event("invoice.updated", newer, created=T0 + 50, event_id="evt_newer"))
+    assert ingest_each(
+        engine, make_event("invoice.updated", older, created=T0 + 10, event_id="evt_older")
+    ) == [Outcome.STALE]
     assert len(line_ids(engine, INVOICE_A)) == 3
 
 
 def test_has_more_marks_lines_incomplete_and_removes_nothing(engine: Engine) -> None:
     complete = snapshot_of("invoice.created.has_more")
     complete["lines"].update(has_more=False)
-    ingest(engine, make_event("invoice.created", complete, created=T0 + 3001, event_id="evt_g_complete"))
+    ingest_each(engine, make_event("invoice.created", complete, created=T0 + 3001, event_id="evt_g_complete"))
     partial = snapshot_of("invoice.created.has_more")
     partial["lines"]["data"] = partial["lines"]["data"][:4]
-    ingest(engine, make_event("invoice.updated", partial, created=T0 + 3100, event_id="evt_g_partial"))
+    ingest_each(engine, make_event("invoice.updated", partial, created=T0 + 3100, event_id="evt_g_partial"))
     invoice = one(engine, "invoices", id=INVOICE_G)
     assert invoice["lines_incomplete"] is True
     assert len(line_ids(engine, INVOICE_G)) == 10  # the page beyond the first 4 is not known to be gone
     # A newer complete list then removes what it does not name.
     final = snapshot_of("invoice.created.has_more")
     final["lines"].update(data=final["lines"]["data"][:3], has_more=False)
-    ingest(engine, make_event("invoice.updated", final, created=T0 + 3200, event_id="evt_g_final"))
+    ingest_each(engine, make_event("invoice.updated", final, created=T0 + 3200, event_id="evt_g_final"))
     assert len(line_ids(engine, INVOICE_G)) == 3
     assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is False
 
@@ -196,7 +199,7 @@ def test_status_never_moves_backward_on_a_same_second_tie(engine: Engine, revers
         make_event("invoice.finalized", finalized, created=same, event_id="evt_z"),
         make_event("invoice.updated", draft, created=same, event_id="evt_zz"),
     ]
-    ingest(engine, *(events[::-1] if reverse else events))
+    ingest_each(engine, *(events[::-1] if reverse else events))
     row = one(engine, "invoices")
     assert (row["status"], row["paid_at"], row["last_event_id"]) == ("paid", same, "evt_a")
     # The lines are those of the winning snapshot: the draft's extra line is gone in either order.
@@ -206,7 +209,7 @@ def test_status_never_moves_backward_on_a_same_second_tie(engine: Engine, revers
 def test_a_paid_invoice_is_never_reopened_by_a_later_open_snapshot(engine: Engine) -> None:
     paid = recorded("invoice.paid")
     later_open = make_event("invoice.updated", snapshot_of("invoice.sent"), created=paid["created"] + 600)
-    ingest(engine, paid, later_open)
+    ingest_each(engine, paid, later_open)
     assert one(engine, "invoices")["status"] == "paid"
 
 
@@ -214,7 +217,7 @@ def test_set_transition_stamps_never_return_to_null_on_a_tie(engine: Engine) -> 
     with_stamp = snapshot_of("invoice.marked_uncollectible")
     without = snapshot_of("invoice.marked_uncollectible")
     without["status_transitions"]["marked_uncollectible_at"] = None
-    ingest(
+    ingest_each(
         engine,
         make_event("invoice.updated", with_stamp, created=T0, event_id="evt_a"),
         make_event("invoice.updated", without, created=T0, event_id="evt_z"),
@@ -227,7 +230,7 @@ def test_deleted_invoice_is_a_tombstone_never_resurrected(engine: Engine) -> Non
     invoice_id = deleted["data"]["object"]["id"]
     created = make_event("invoice.created", deleted["data"]["object"], created=deleted["created"] - 600)
     later = make_event("invoice.updated", deleted["data"]["object"], created=deleted["created"] + 600)
-    ingest(engine, deleted, created, later)
+    ingest_each(engine, deleted, created, later)
     row = one(engine, "invoices", id=invoice_id)
     assert row["deleted"] is True and row["deleted_by_event_id"] == deleted["id"]
     assert row["status"] == "draft" and row["last_event_id"] == later["id"]
@@ -237,9 +240,9 @@ def test_stub_deletion_keeps_the_last_snapshot(engine: Engine) -> None:
     stub_obj = {"deleted": True, "id": "in_1SyE10B7WZ01zgkWdraftE01", "object": "invoice"}
     deletion = make_event("invoice.deleted", stub_obj, created=T0 + 9999)
     created = make_event("invoice.created", snapshot_of("invoice.deleted"), created=T0 + 1800)
-    assert ingest(engine, deletion) == [Outcome.APPLIED]
+    assert ingest_each(engine, deletion) == [Outcome.APPLIED]
     assert one(engine, "invoices")["status"] is None
-    ingest(engine, created)
+    ingest_each(engine, created)
     row = one(engine, "invoices")
     assert (row["deleted"], row["status"], row["deleted_by_event_id"]) == (True, "draft", deletion["id"])
     assert len(rows(engine, "invoice_line_items")) == 1
@@ -248,7 +251,7 @@ def test_stub_deletion_keeps_the_last_snapshot(engine: Engine) -> None:
 def test_invoice_without_id_is_ignored(engine: Engine) -> None:
     upcoming = snapshot_of("invoice.created")
     del upcoming["id"]
-    assert ingest(
+    assert ingest_each(
         engine, make_event("invoice.upcoming", upcoming), make_event("invoice.updated", upcoming)
     ) == [Outcome.IGNORED, Outcome.IGNORED]
     assert rows(engine, "invoices") == [] and rows(engine, "invoice_line_items") == []
@@ -272,14 +275,14 @@ def test_items_learn_their_invoice_from_lines(engine: Engine, item_first: bool) 
     item_id = "ii_1SyA02B7WZ01zgkWovrg0001"
     item_created = make_event("invoiceitem.created", pending_item(item_id), created=T0 - 3600)
     invoice = recorded("invoice.created")
-    ingest(engine, *((item_created, invoice) if item_first else (invoice, item_created)))
+    ingest_each(engine, *((item_created, invoice) if item_first else (invoice, item_created)))
     assert item_state(engine, item_id) == (INVOICE_A, False)
     assert one(engine, "invoice_items", id=item_id)["invoice"] is None  # the item's own snapshot is kept
     assert one(engine, "invoice_item_invoices", invoice_item=item_id)["invoice"] == INVOICE_A
 
 
 def test_an_item_on_no_invoice_is_pending(engine: Engine) -> None:
-    ingest(engine, make_event("invoiceitem.created", pending_item("ii_alone")))
+    ingest_each(engine, make_event("invoiceitem.created", pending_item("ii_alone")))
     assert item_state(engine, "ii_alone") == (None, True)
 
 
@@ -287,6 +290,6 @@ def test_subscription_item_line_with_an_invoice_item_links_it(engine: Engine) ->
     invoice = snapshot_of("invoice.created")
     line = invoice["lines"]["data"][2]
     line["parent"]["subscription_item_details"]["invoice_item"] = "ii_from_subscription"
-    ingest(engine, make_event("invoiceitem.created", pending_item("ii_from_subscription")))
-    ingest(engine, make_event("invoice.created", invoice))
+    ingest_each(engine, make_event("invoiceitem.created", pending_item("ii_from_subscription")))
+    ingest_each(engine, make_event("invoice.created", invoice))
     assert item_state(engine, "ii_from_subscription") == (INVOICE_A, False)

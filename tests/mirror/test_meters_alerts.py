@@ -10,17 +10,16 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from app.mirror.handlers.base import Outcome
-from tests.billing import METER, T0, deliver, ingest, recorded, snapshot_of
-from tests.events import make_event
-from tests.mirror_rows import one, rows
+from app.mirror.outcome import Outcome
+from app.testing.dump import rows
+from tests.support import METER, T0, deliver, ingest_each, make_event, one, recorded, snapshot_of
 
 ALERT = "alrt_61SyG10B7WZ01zgkW3Rt5uVw"
 
 
 def test_meter_columns(engine: Engine) -> None:
     event = recorded("billing.meter.deactivated")
-    assert ingest(engine, event) == [Outcome.APPLIED]
+    assert ingest_each(engine, event) == [Outcome.APPLIED]
     row = one(engine, "billing_meters")
     obj = event["data"]["object"]
     assert (row["id"], row["status"], row["deactivated_at"]) == (METER, "inactive", T0 + 86400)
@@ -43,7 +42,7 @@ def test_meter_lifecycle_in_any_order_ends_reactivated(engine: Engine) -> None:
         "billing.meter.updated",
         "billing.meter.created",
     ]
-    outcomes = ingest(engine, *(recorded(name) for name in names))
+    outcomes = ingest_each(engine, *(recorded(name) for name in names))
     assert outcomes == [Outcome.APPLIED, Outcome.STALE, Outcome.STALE, Outcome.STALE]
     row = one(engine, "billing_meters")
     assert (row["status"], row["deactivated_at"], row["display_name"]) == (
@@ -64,13 +63,13 @@ def test_meter_same_second_is_ordered_by_its_own_updated_time(
         make_event("billing.meter.reactivated", reactivated, created=T0 + 11, event_id="evt_a"),
         make_event("billing.meter.deactivated", deactivated, created=T0 + 11, event_id="evt_z"),
     ]
-    ingest(engine, *(events[::-1] if reversed_delivery else events))
+    ingest_each(engine, *(events[::-1] if reversed_delivery else events))
     assert one(engine, "billing_meters")["status"] == "active"
 
 
 def test_alert_triggered_writes_the_alert_and_one_trigger(engine: Engine) -> None:
     event = recorded("billing.alert.triggered")
-    assert ingest(engine, event) == [Outcome.APPLIED]
+    assert ingest_each(engine, event) == [Outcome.APPLIED]
     alert = one(engine, "billing_alerts")
     obj = event["data"]["object"]
     assert (alert["id"], alert["alert_type"], alert["status"], alert["title"]) == (
@@ -100,7 +99,7 @@ def test_alert_meter_may_be_an_id(engine: Engine) -> None:
     obj = snapshot_of("billing.alert.triggered")
     obj["alert"]["usage_threshold"]["meter"] = METER
     obj["alert"]["usage_threshold"]["filters"] = None
-    ingest(engine, make_event("billing.alert.triggered", obj))
+    ingest_each(engine, make_event("billing.alert.triggered", obj))
     alert = one(engine, "billing_alerts")
     assert (alert["meter"], alert["customer"], alert["filters"]) == (METER, None, None)
 

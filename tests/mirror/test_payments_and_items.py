@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 
 from app.ingest.store import EventStore
 from app.mirror.envelope import parse_event
-from app.mirror.handlers.base import Outcome
-from tests.events import encode, load_fixture, make_event
-from tests.mirror_rows import one, rows
+from app.mirror.outcome import Outcome
+from app.testing.dump import rows
+from tests.support import encode, load_fixture, make_event, one
 
 T = 1_767_225_600
 

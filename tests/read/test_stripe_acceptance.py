@@ -1,5 +1,6 @@
 """Acceptance: the official ``stripe`` package, pointed at a real ``billing-mirror serve``, reads the mirror
-after real signed webhook deliveries: lists with filters, auto-paging both ways, retrieve, errors."""
+after real signed webhook deliveries: payments and items (lists with filters, auto-paging both ways,
+retrieve, errors), and invoices, lines, meters, alerts and templates from the recorded events."""
 
 from __future__ import annotations
 
@@ -10,13 +11,30 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from sqlalchemy import Engine
 
-from tests.conftest import LiveServer
-from tests.events import encode, signed_headers
-from tests.mirror_data import API_KEY, item, item_created, item_deleted, payment, payment_event
+from app.mirror.envelope import parse_event
+from app.recording.backfill import backfill_templates, read_list, run_in_transaction
+from tests.support import (
+    API_KEY,
+    EVENT_FIXTURES,
+    INVOICE_A,
+    INVOICE_G,
+    METER,
+    T0,
+    LiveServer,
+    encode,
+    fixture_path,
+    item,
+    item_created,
+    item_deleted,
+    payment,
+    payment_event,
+    recorded,
+    signed_headers,
+)
 
 pytestmark = pytest.mark.slow
-T0 = 1_767_225_600
 
 
 def deliver(server: LiveServer, events: list[dict[str, Any]]) -> None:
@@ -26,6 +44,9 @@ def deliver(server: LiveServer, events: list[dict[str, Any]]) -> None:
             headers = signed_headers(body, int(time.time()))
             response = http.post("/webhooks/stripe", content=body, headers=headers)
             assert response.status_code == 200 and response.json()["outcome"] == "applied", response.text
+
+
+# ---- invoice payments and invoice items ------------------------------------------------------
 
 
 @pytest.fixture
@@ -121,3 +142,47 @@ def test_module_level_api(global_stripe: None) -> None:
     paid = stripe.InvoicePayment.list(status="paid", invoice="in_2", limit=10)
     assert [obj.id for obj in paid.data] == ["inpay_tie_11", "inpay_tie_08", "inpay_tie_05", "inpay_tie_02"]
     assert stripe.InvoiceItem.retrieve("ii_13").customer == "cus_1"
+
+
+# ---- invoices, lines, meters, alerts, templates ----------------------------------------------
+
+
+@pytest.fixture
+def billing_client(live_server: Callable[..., LiveServer], engine: Engine) -> stripe.StripeClient:
+    server = live_server(BILLING_MIRROR_API_KEYS=API_KEY)
+    events = sorted(
+        (recorded(name) for name in EVENT_FIXTURES), key=lambda e: (parse_event(encode(e)).created, e["id"])
+    )
+    deliver(server, events)
+    templates = read_list(fixture_path("invoice_rendering_templates.list.json")).data
+    run_in_transaction(engine, lambda session: backfill_templates(session, templates))
+    return stripe.StripeClient(API_KEY, base_addresses={"api": server.url}, max_network_retries=0)
+
+
+def test_the_stripe_package_reads_the_billing_resources(billing_client: stripe.StripeClient) -> None:
+    paid = billing_client.v1.invoices.list(params={"status": "paid", "limit": 1})
+    assert isinstance(paid.data[0], stripe.Invoice) and paid.has_more is True
+    assert [invoice.id for invoice in paid.auto_paging_iter()] == ["in_1SyD10B7WZ01zgkWovrpD001", INVOICE_A]
+    invoice = billing_client.v1.invoices.retrieve(INVOICE_A)
+    assert (invoice.status, invoice.amount_paid, invoice.lines.data[0].id) == (
+        "paid",
+        4150,
+        "il_1SyA12B7WZ01zgkWiiA00001",
+    )
+    deleted = billing_client.v1.invoices.retrieve("in_1SyE10B7WZ01zgkWdraftE01")
+    assert deleted.to_dict() == {"id": "in_1SyE10B7WZ01zgkWdraftE01", "object": "invoice", "deleted": True}
+    lines = billing_client.v1.invoices.line_items.list(INVOICE_G, params={"limit": 4})
+    assert isinstance(lines.data[0], stripe.InvoiceLineItem)
+    assert len(list(lines.auto_paging_iter())) == 10  # the first page the webhook carried
+    meters = billing_client.v1.billing.meters.list(params={"status": "active"})
+    assert [meter.id for meter in meters.data] == [METER] and isinstance(meters.data[0], stripe.billing.Meter)
+    assert billing_client.v1.billing.meters.retrieve(METER).display_name == "API requests (v2)"
+    alerts = billing_client.v1.billing.alerts.list(params={"meter": METER})
+    assert (
+        isinstance(alerts.data[0], stripe.billing.Alert) and alerts.data[0].title == "API requests above 100k"
+    )
+    templates = billing_client.v1.invoice_rendering_templates.list(params={"status": "active"})
+    assert [template.nickname for template in templates.data] == ["EU invoices (VAT)"]
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        billing_client.v1.invoices.line_items.list("in_missing")
+    assert missing.value.http_status == 404 and missing.value.code == "resource_missing"

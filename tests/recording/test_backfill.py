@@ -12,9 +12,8 @@ from sqlalchemy import Engine
 
 from app.cli.main import cli
 from app.recording.backfill import BackfillError, backfill_templates, parse_list, run_in_transaction
-from tests.billing import INVOICE_G, T0, fixture_path, ingest, recorded, snapshot_of
-from tests.events import make_event
-from tests.mirror_rows import one, rows
+from app.testing.dump import rows
+from tests.support import INVOICE_G, T0, fixture_path, ingest_each, make_event, one, recorded, snapshot_of
 
 TEMPLATES = fixture_path("invoice_rendering_templates.list.json")
 LINES_G = fixture_path("invoice_lines.in_G.json")
@@ -98,7 +97,7 @@ def test_pages_may_be_given_as_an_array(engine: Engine) -> None:
 
 def test_lines_backfill_completes_an_invoice(db_url: str, engine: Engine) -> None:
     event = recorded("invoice.created.has_more")
-    ingest(engine, event)
+    ingest_each(engine, event)
     assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is True
     assert len(rows(engine, "invoice_line_items")) == 10
     result = run(db_url, "lines", INVOICE_G, str(LINES_G))
@@ -116,7 +115,7 @@ def test_lines_backfill_completes_an_invoice(db_url: str, engine: Engine) -> Non
 
 
 def test_lines_backfill_removes_lines_no_longer_listed(tmp_path: Path, db_url: str, engine: Engine) -> None:
-    ingest(engine, recorded("invoice.created.has_more"))
+    ingest_each(engine, recorded("invoice.created.has_more"))
     page = json.loads(LINES_G.read_text())
     page["data"] = page["data"][2:]
     run(db_url, "lines", INVOICE_G, write(tmp_path, "lines.json", page))
@@ -124,7 +123,7 @@ def test_lines_backfill_removes_lines_no_longer_listed(tmp_path: Path, db_url: s
 
 
 def test_a_partial_page_keeps_the_invoice_incomplete(tmp_path: Path, db_url: str, engine: Engine) -> None:
-    ingest(engine, recorded("invoice.created.has_more"))
+    ingest_each(engine, recorded("invoice.created.has_more"))
     page = json.loads(LINES_G.read_text()) | {"has_more": True}
     result = run(db_url, "lines", INVOICE_G, write(tmp_path, "lines.json", page))
     assert "still incomplete" in result.output
@@ -133,11 +132,11 @@ def test_a_partial_page_keeps_the_invoice_incomplete(tmp_path: Path, db_url: str
 
 
 def test_a_newer_event_after_the_backfill_decides_again(db_url: str, engine: Engine) -> None:
-    ingest(engine, recorded("invoice.created.has_more"))
+    ingest_each(engine, recorded("invoice.created.has_more"))
     run(db_url, "lines", INVOICE_G, str(LINES_G))
     newer = snapshot_of("invoice.created.has_more")
     newer["lines"]["data"] = newer["lines"]["data"][:5]
-    ingest(engine, make_event("invoice.updated", newer, created=T0 + 4000))
+    ingest_each(engine, make_event("invoice.updated", newer, created=T0 + 4000))
     assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is True
     assert len(rows(engine, "invoice_line_items")) == 12  # has_more: nothing is known to be gone
 
@@ -149,6 +148,6 @@ def test_lines_of_an_unknown_invoice_are_refused(db_url: str, engine: Engine) ->
 
 
 def test_lines_of_another_invoice_are_refused(db_url: str, engine: Engine) -> None:
-    ingest(engine, recorded("invoice.created"))
+    ingest_each(engine, recorded("invoice.created"))
     result = run(db_url, "lines", "in_1SyA10B7WZ01zgkWrnwlA001", str(LINES_G))
     assert result.exit_code != 0 and "Not a line of" in result.output

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.recording.event_files import ReadProgress, SourceProblem, SourceValue, iter_sources, iter_stream
-from tests.events import load_fixture, make_event
+from tests.support import load_fixture, make_event
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SCENARIO = FIXTURES / "scenarios" / "invoice_lifecycle.jsonl"

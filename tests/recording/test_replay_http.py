@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 
 from app.recording.event_files import iter_sources
 from app.recording.replay import replay_http
-from tests.events import SECRET
+from tests.support import SECRET
 
 SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()

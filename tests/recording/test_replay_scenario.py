@@ -15,10 +15,8 @@ from app.db.engine import make_engine
 from app.ingest.store import EventStore
 from app.recording.event_files import iter_sources
 from app.recording.replay import ReplaySummary, replay_direct
-from tests.conftest import LiveServer
-from tests.dbs import copy_sqlite
-from tests.events import SECRET
-from tests.mirror_dump import dump_mirror, merge_applied_and_stale
+from app.testing.dump import Dump, dump
+from tests.support import SECRET, LiveServer, copy_sqlite, merge_applied_and_stale
 
 SCENARIO = Path(__file__).parent.parent / "fixtures" / "scenarios" / "invoice_lifecycle.jsonl"
 LINES = SCENARIO.read_text(encoding="utf-8").splitlines()
@@ -35,6 +33,14 @@ def replay_direct_cli(database_url: str, path: Path = SCENARIO, *extra: str) -> 
     return run_cli(
         "replay", str(path), "--direct", "--no-migrate", *extra, env={"DATABASE_URL": database_url}
     )
+
+
+def dump_mirror(database_url: str) -> Dump:
+    engine = make_engine(database_url, for_writing=False)
+    try:
+        return dump(engine)
+    finally:
+        engine.dispose()
 
 
 def fresh_sqlite(sqlite_template: Path, tmp_path: Path, name: str) -> str:
@@ -73,19 +79,19 @@ def test_http_replay_to_a_running_server_and_direct_replay_give_the_same_mirror(
     http_mirror = dump_mirror(db_url)
     assert http_mirror == dump_mirror(direct_url)
     # Byte-exact: the stored body of each event is its line in the recording.
-    payloads = {dict(row)["id"]: dict(row)["payload"] for row in http_mirror["stripe_events"]}
+    payloads = {row["id"]: row["payload"] for row in http_mirror["stripe_events"]}
     assert sorted(payloads.values()) == sorted(set(LINES))
 
 
 def test_the_mirror_holds_the_end_of_the_lifecycle(db_url: str) -> None:
     replay_direct_cli(db_url)
     mirror = dump_mirror(db_url)
-    items = {dict(row)["id"]: dict(row) for row in mirror["invoice_items"]}
+    items = {row["id"]: row for row in mirror["invoice_items"]}
     assert len(items) == 3
     deleted = [item for item in items.values() if item["deleted"]]
     assert [item["description"] for item in deleted] == ["Extra storage"]
     assert deleted[0]["deleted_by_event_id"] == json.loads(LINES[4])["id"]
-    (payment,) = [dict(row) for row in mirror["invoice_payments"]]
+    (payment,) = mirror["invoice_payments"]
     assert (payment["status"], payment["amount_paid"], payment["paid_at"]) == ("paid", 2000, 1_767_312_419)
     assert payment["last_event_id"] == json.loads(LINES[8])["id"]  # invoice.paid, the latest snapshot
     assert len(mirror["stripe_events"]) == 10

@@ -45,9 +45,13 @@ def test_replay_over_http_and_direct(mirror, replay):
     assert (summary.sent, summary.applied, summary.duplicates, summary.ignored) == (11, 9, 1, 1)
     first = mirror.rows("invoice_payments")
     assert first[0]["status"] == "paid"
+    dumped = mirror.dump()
+    assert dumped["invoice_payments"] == first and len(dumped["stripe_events"]) == 10
+    assert "received_at" not in dumped["stripe_events"][0] and "payload" in dumped["stripe_events"][0]
     again = replay(SCENARIO, direct=True)
     assert again.duplicates == 11
     assert mirror.rows("invoice_payments") == first
+    assert mirror.dump() == dumped
 
 def test_a_wrong_secret_is_refused(mirror, signed_delivery):
     delivery = signed_delivery({{"id": "evt_x", "object": "event"}}, secret="whsec_other")

@@ -15,12 +15,22 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.mirror import dispatch
-from app.mirror.handlers.base import Outcome, Source
+from app.mirror.handlers.base import Source
+from app.mirror.outcome import Outcome
 from app.mirror.writes import Writes
 from app.settings import Settings
+from app.testing.dump import rows
 from app.webhook.signature import compute_signature
-from tests.events import SECRET, encode, load_fixture, make_event, signed_headers
-from tests.mirror_rows import one, rows, stored_event
+from tests.support import (
+    BACKENDS,
+    SECRET,
+    encode,
+    load_fixture,
+    make_event,
+    one,
+    signed_headers,
+    stored_event,
+)
 
 URL = "/webhooks/stripe"
 
@@ -272,7 +282,7 @@ def test_a_failing_event_does_not_undo_its_batch_neighbours(
     assert one(engine, "invoice_items")["id"] == item.object_id
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_unreachable_database_is_503_and_nothing_claimed(backend: str, tmp_path: Any) -> None:
     url = (
         f"sqlite:///{tmp_path}/missing-dir/mirror.db"

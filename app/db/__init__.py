@@ -1,0 +1,1 @@
+"""The database: engines, SQLite setup, the SQLModel tables and migrations."""

@@ -1,0 +1,1 @@
+"""One query module per readable resource; app.read.registry lists them."""
