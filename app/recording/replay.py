@@ -165,9 +165,9 @@ GC_EVERY_EVENTS = 40_000
 @contextlib.contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """Decoded events are trees, freed by reference counting; but a batch of them is hundreds of
-    thousands of containers, and the automatic cyclic collector keeps traversing them (a third of
-    the replay time in profiles). It is paused during a replay and run every GC_EVERY_EVENTS
-    instead, with what was allocated before (modules, the engine) frozen out of its way."""
+    thousands of containers, and the automatic cyclic collector would keep traversing them. It is
+    paused during a replay and run every GC_EVERY_EVENTS instead, with what was allocated before
+    (modules, the engine) frozen out of its way."""
     was_enabled = gc.isenabled()
     gc.disable()
     # Not when something else froze objects first (a receiver in the same process): unfreezing
