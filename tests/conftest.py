@@ -139,3 +139,14 @@ def api(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
         create_app(make_settings(api_keys=(API_KEY, OTHER_API_KEY))), headers=BEARER
     ) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def stripe_api() -> Any:
+    """The Stripe-compatible test server (tests/stripe_server) over HTTP on 127.0.0.1, emptied for each test;
+    ``stripe_api.client()`` is a StripeClient pinned to it, ``stripe_api.server`` its data, faults and log."""
+    from tests.stripe_server.runner import shared_server  # stripe and uvicorn load only for these tests
+
+    running = shared_server()
+    running.server.reset()
+    return running
