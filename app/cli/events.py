@@ -11,7 +11,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from app.cli.options import database_url_option
+from app.cli.options import database_url_option, unix_seconds
 from app.cli.tables import print_table
 from app.recording.stored_events import (
     OUTCOMES,
@@ -24,16 +24,7 @@ from app.recording.stored_events import (
     single_line,
 )
 from app.settings import Settings
-from app.timestamps import format_time, parse_time
-
-
-def _unix_seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+from app.timestamps import format_time
 
 
 def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,13 +32,13 @@ def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--since",
             metavar="TIME",
-            callback=_unix_seconds,
+            callback=unix_seconds,
             help="Events created at or after (unix seconds or ISO 8601).",
         ),
         click.option(
             "--until",
             metavar="TIME",
-            callback=_unix_seconds,
+            callback=unix_seconds,
             help="Events created before (unix seconds or ISO 8601).",
         ),
         click.option(

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.cli.options import database_url_option
+from app.cli.options import database_url_option, unix_seconds
 from app.cli.tables import print_table
 from app.db.engine import is_sqlite, make_engine, normalize_url
 from app.read.errors import InvalidRequest
@@ -45,7 +45,7 @@ from app.read.resources import (
     invoices,
 )
 from app.settings import default_database_url
-from app.timestamps import format_time, parse_time
+from app.timestamps import format_time
 
 StripeObject = dict[str, Any]
 Column = tuple[str, Callable[[StripeObject], str]]
@@ -195,14 +195,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def unix_time(value: str) -> str:
-    """Unix seconds, or an ISO 8601 date or date-time (UTC unless it has an offset)."""
-    try:
-        return str(parse_time(value))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither unix seconds nor an ISO 8601 date") from None
-
-
 def filter_options(schema: Mapping[str, ParamSpec], parent: tuple[str, ...] = ()) -> list[FilterOption]:
     options: list[FilterOption] = []
     for key, spec in schema.items():
@@ -265,8 +257,10 @@ def filter_options(schema: Mapping[str, ParamSpec], parent: tuple[str, ...] = ()
     return options
 
 
-def _to_unix(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    return None if value is None else unix_time(value)
+def _to_unix(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """As text: the filters go through the read API's own parameter parsing."""
+    seconds = unix_seconds(ctx, param, value)
+    return None if seconds is None else str(seconds)
 
 
 def stripe_params(options: Sequence[FilterOption], values: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,6 @@ from app.settings import Settings, split_secrets
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-# The command configures no logging: stamina's warning about each retry would reach stderr bare.
-logging.getLogger("stamina").addHandler(logging.NullHandler())
 # How often the bar is given new figures: asking the input file where it is costs a system call.
 UPDATE_SECONDS = 0.2
 
@@ -159,6 +157,10 @@ def _replay_over_http(
 ) -> ReplaySummary:
     import httpx
 
+    # The command configures no logging: stamina's note of each 503 retry would reach stderr bare.
+    retries_log = logging.getLogger("stamina")
+    if not retries_log.handlers:
+        retries_log.addHandler(logging.NullHandler())
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(timeout=30.0, limits=limits) as client:
         return replay_http(items, client, url, signing, concurrency=concurrency, on_progress=tick)

@@ -1,8 +1,9 @@
 """The one place that owns transactions in a receiver: plan events, then store and apply them in one
 transaction per batch and commit, before any caller is told an outcome.
 
-Planning (app.mirror.dispatch) happens before the transaction opens, so locks are held only while rows are
-written; storing and applying is app.ingest.apply, run on the DBAPI connection of a SQLAlchemy session.
+Planning (app.ingest.plan) happens before the transaction opens, so locks are held only while rows
+are written; storing and applying is app.ingest.apply, run on the DBAPI connection of a SQLAlchemy
+session.
 """
 
 from __future__ import annotations

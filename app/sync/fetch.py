@@ -70,7 +70,8 @@ def _limiter(max_rps: float) -> Limiter:
     return Limiter([Rate(per_tenth, int(Duration.SECOND) // 10), Rate(per_second, int(Duration.SECOND))])
 
 
-def _is_rate_limited(exc: Exception) -> bool:
+def _worth_backing_off(exc: Exception) -> bool:
+    """A rate-limited 429 or a connection still failing: what the SDK's own retries leave to us."""
     if isinstance(exc, stripe.RateLimitError):
         return exc.error is None or exc.error.code != "lock_timeout"  # lock timeouts: the SDK's job
     return isinstance(exc, stripe.APIConnectionError)
@@ -110,7 +111,7 @@ class StripeReader:
     def get(self, path: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], int, str | None]:
         """One GET: the decoded body, Stripe's time, the request id."""
         for attempt in stamina.retry_context(
-            on=_is_rate_limited, attempts=RATE_LIMIT_ATTEMPTS, wait_initial=1.0, wait_max=30.0
+            on=_worth_backing_off, attempts=RATE_LIMIT_ATTEMPTS, wait_initial=1.0, wait_max=30.0
         ):
             with attempt:
                 self.limiter.try_acquire(path)
