@@ -18,12 +18,25 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.timestamps import parse_duration
+
 DEFAULT_TOLERANCE_SECONDS = 300
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# The API version the mirror's handlers read and sync requests (set it to your webhook endpoint's).
+DEFAULT_STRIPE_API_VERSION = "2026-07-29.dahlia"
+DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
+# How often `serve` with an API key reads again what the mirror knows is out of date.
+DEFAULT_REFRESH_SECONDS = 60
 HOW_TO_SET_SECRET = (
     "No webhook signing secret is configured. Set STRIPE_WEBHOOK_SECRET to the endpoint's signing secret "
     "(whsec_...), or several separated by commas while you roll a secret, e.g. "
     "STRIPE_WEBHOOK_SECRET=whsec_current,whsec_previous billing-mirror serve"
+)
+
+
+HOW_TO_SET_API_KEY = (
+    "No Stripe API key is configured. Set STRIPE_API_KEY (or --api-key) to a restricted key with read "
+    "access to the mirrored resources (rk_live_... or rk_test_...), or a secret key."
 )
 
 
@@ -74,6 +87,16 @@ class Settings(BaseSettings):
     api_keys: CommaSeparated = Field((), validation_alias="BILLING_MIRROR_API_KEYS")
     # Upper bound on how many events share one commit (group commit); no environment variable.
     max_batch_size: int = 256
+    # Reading Stripe's API (sync, catch-up, reconcile, refresh): a secret or restricted key (read
+    # access is enough), where to send requests, the Connect account, and the version to render in.
+    stripe_api_key: str | None = Field(None, validation_alias="STRIPE_API_KEY")
+    stripe_api_base: str = Field(DEFAULT_STRIPE_API_BASE, validation_alias="STRIPE_API_BASE")
+    stripe_account: str | None = Field(None, validation_alias="STRIPE_ACCOUNT")
+    stripe_api_version: str = Field(DEFAULT_STRIPE_API_VERSION, validation_alias="STRIPE_API_VERSION")
+    # `serve`: catch up from the Events API every so many seconds (None: never), and read again what
+    # the mirror knows is out of date every so many seconds (when an API key is set).
+    catch_up_seconds: int | None = Field(None, validation_alias="BILLING_MIRROR_CATCH_UP_EVERY")
+    refresh_seconds: int = Field(DEFAULT_REFRESH_SECONDS, validation_alias="BILLING_MIRROR_REFRESH_EVERY")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -107,6 +130,20 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return split_secrets(value) if isinstance(value, str) else value
 
+    @field_validator("catch_up_seconds", "refresh_seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any, info: ValidationInfo) -> Any:
+        """Text (the environment's, or an option) is a duration: 90, 90s, 5m, 2h."""
+        if not isinstance(value, str):
+            return value
+        assert info.field_name is not None
+        if value.strip() == "":
+            return cls.model_fields[info.field_name].default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{cls.model_fields[info.field_name].validation_alias}: {exc}") from None
+
     @field_validator("tolerance_seconds", "max_body_bytes", mode="before")
     @classmethod
     def _positive_whole_number(cls, value: Any, info: ValidationInfo) -> Any:
@@ -131,6 +168,11 @@ class Settings(BaseSettings):
     def require_secrets(self) -> None:
         if not self.webhook_secrets:
             raise ConfigurationError(HOW_TO_SET_SECRET)
+
+    def require_api_key(self) -> str:
+        if not self.stripe_api_key:
+            raise ConfigurationError(HOW_TO_SET_API_KEY)
+        return self.stripe_api_key
 
 
 @contextmanager

@@ -33,3 +33,32 @@ def format_time(seconds: int, *, zulu: bool = False) -> str:
     """``2026-01-01 00:00:00`` in UTC; ``zulu`` appends the Z that says so."""
     text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
     return f"{text}Z" if zulu else text
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(value: str) -> int:
+    """Seconds of a duration: ``90`` or ``90s``, ``5m``, ``2h``, ``30d`` (one number, one unit).
+    Raises ValueError for anything else, or for a duration that is not above zero."""
+    text = value.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+    if not number.isascii() or not number.isdigit():
+        raise ValueError(f"{value!r} is not a duration such as 90s, 5m, 2h or 30d")
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration above zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``1h 02m``, ``4m 05s``, ``12s``: a duration for people."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"

@@ -479,3 +479,44 @@ async def blast(url: str, bodies: list[bytes], concurrency: int) -> list[int]:
                 return response.status_code
 
         return await asyncio.gather(*(send(body) for body in bodies))
+
+
+# ---- sync: billing-mirror against the Stripe-compatible test server (tests/stripe_server) -------
+
+
+def sync_args(server_url: str, db_url: str, *extra: str) -> list[str]:
+    """The options that aim a sync command at the test server and a mirror, with no rate limit to
+    speak of (tests that measure the limiter set their own)."""
+    from tests.stripe_server.app import API_KEY as STRIPE_TEST_KEY
+    from tests.stripe_server.app import API_VERSION as STRIPE_TEST_VERSION
+
+    return [
+        *extra,
+        "--api-key",
+        STRIPE_TEST_KEY,
+        "--api-base",
+        server_url,
+        "--api-version",
+        STRIPE_TEST_VERSION,
+        "--database-url",
+        db_url,
+        "--max-rps",
+        "2000",
+        "--max-endpoint-rps",
+        "2000",
+        "--no-migrate",
+    ]
+
+
+def run_cli(*args: str) -> Any:
+    """``billing-mirror ARGS`` in process; the click Result."""
+    from click.testing import CliRunner
+
+    from app.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def payloads(engine: Engine, table_name: str) -> dict[str, Any]:
+    """The stored JSON of every row of a mirrored table, decoded, by id."""
+    return {row["id"]: json.loads(row["payload"]) for row in rows(engine, table_name) if row["payload"]}

@@ -28,18 +28,19 @@ def _engine(database_url: str | None) -> Engine:
 @click.argument("file", type=FILE)
 @database_url_option()
 def templates_command(file: Path, database_url: str | None) -> None:
-    """Upsert invoice rendering templates from FILE (GET /v1/invoice_rendering_templates output)."""
-    from app.recording.backfill import BackfillError, backfill_templates, read_list, run_in_transaction
+    """Load invoice rendering templates from FILE (GET /v1/invoice_rendering_templates output): one
+    event in the log, applied in one transaction."""
+    from app.recording.backfill import BackfillError, backfill_templates, read_list
 
     engine = _engine(database_url)
     try:
         page = read_list(file)
-        changed = run_in_transaction(engine, lambda session: backfill_templates(session, page.data))
+        loaded = backfill_templates(engine, page.data)
     except BackfillError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.dispose()
-    click.echo(f"{len(page.data)} templates read, {changed} written")
+    click.echo(f"{len(page.data)} templates read as event {loaded.event_id}: {loaded.outcome}")
 
 
 @backfill.command("lines")
@@ -48,16 +49,16 @@ def templates_command(file: Path, database_url: str | None) -> None:
 @database_url_option()
 def lines_command(invoice_id: str, file: Path, database_url: str | None) -> None:
     """Write the lines of INVOICE_ID from FILE (GET /v1/invoices/INVOICE_ID/lines output, one page
-    or a JSON array of consecutive pages)."""
-    from app.recording.backfill import BackfillError, backfill_lines, read_list, run_in_transaction
+    or a JSON array of consecutive pages): one event in the log, applied in one transaction."""
+    from app.recording.backfill import BackfillError, backfill_lines, read_list
 
     engine = _engine(database_url)
     try:
         page = read_list(file)
-        result = run_in_transaction(engine, lambda session: backfill_lines(session, invoice_id, page))
+        result = backfill_lines(engine, invoice_id, page)
     except BackfillError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.dispose()
     state = "complete" if result.complete else "still incomplete (the list has more pages)"
-    click.echo(f"{result.lines} lines written for {invoice_id}; lines {state}")
+    click.echo(f"{result.lines} lines written for {invoice_id} as event {result.event_id}; lines {state}")

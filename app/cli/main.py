@@ -87,11 +87,13 @@ def serve(
 
 from app.cli.events import events  # noqa: E402
 from app.cli.replay import replay  # noqa: E402
+from app.cli.sync import sync  # noqa: E402
 
 cli.add_command(replay)
 cli.add_command(events)
 register_query_commands(cli)  # payments / items: list and get
 cli.add_command(backfill)
+cli.add_command(sync)
 
 
 def main() -> None:

@@ -55,6 +55,10 @@ class StripeEvent(SQLModel, table=True):
     outcome: str = Field(index=True)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     attempts: int = 1
+    # webhook | events_api | sync | reconcile | refresh | file | replay (app.mirror.envelope.EventSource)
+    source: str = Field(
+        default="webhook", sa_column=Column(Text, nullable=False, server_default=text("'webhook'"))
+    )
 
 
 class MirrorVersion(SQLModel):
@@ -376,3 +380,42 @@ class BillingMeterErrorReport(MirrorVersion, table=True):
     error_count: int | None = Field(default=None, sa_type=BigInteger)
     error_types: list[Any] | None = _json("error_types")
     payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SyncWindow(SQLModel, table=True):
+    """Checkpoints of a backfill (``billing-mirror sync``): one slice of a Stripe list, fetched on its
+    own. A window is paged with ``starting_after`` inside its own ``created`` filter only; ``cursor`` is
+    the last object of the last page applied, so a sync started again continues from there."""
+
+    __tablename__ = "sync_windows"
+
+    account: str = Field(primary_key=True)  # the Connect account (Stripe-Account), or ""
+    resource: str = Field(primary_key=True)  # invoices, invoiceitems, invoice_payments, meters, ...
+    span: str = Field(primary_key=True)  # "gte..lt" of its created filter, either side empty if none
+    created_gte: int | None = _ts()
+    created_lt: int | None = _ts()
+    cursor: str | None = None
+    done: bool = False
+    objects: int = Field(default=0, sa_type=BigInteger)
+    pages: int = Field(default=0, sa_type=BigInteger)
+    updated_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class SyncState(SQLModel, table=True):
+    """Per account and resource, where sync stands: the backfill under way or finished, and for
+    ``events`` the catch-up watermark. Times are Stripe's clock (unix seconds)."""
+
+    __tablename__ = "sync_state"
+
+    account: str = Field(primary_key=True)  # "" for the account of the key
+    resource: str = Field(primary_key=True)  # a backfilled resource, or "events"
+    started_at: int | None = _ts()  # when the backfill under way (or the last one) started
+    finished_at: int | None = _ts()  # when the last backfill finished; null while one is under way
+    objects: int = Field(default=0, sa_type=BigInteger)  # objects the last backfill read
+    # events: every event created before this time has been read from the Events API.
+    watermark: int | None = _ts()
+    updated_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

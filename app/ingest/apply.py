@@ -31,7 +31,7 @@ RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
 MAX_ERROR_CHARS = 4000
 _LOOKUP_CHUNK = 5000
 
-# stripe_events columns: the first ten come planned with the event, the others are decided here.
+# stripe_events columns: the first eleven come planned with the event, the others are decided here.
 EVENT_COLUMNS = (
     "id",
     "type",
@@ -43,6 +43,7 @@ EVENT_COLUMNS = (
     "object_id",
     "payload",
     "received_at",
+    "source",
     "processed_at",
     "outcome",
     "attempts",
@@ -58,9 +59,12 @@ class PlannedEvent(NamedTuple):
     """An event ready to store and apply."""
 
     id: str
-    row: tuple[Any, ...]  # the first ten EVENT_COLUMNS (up to received_at), ready for the driver
+    row: tuple[Any, ...]  # the first eleven EVENT_COLUMNS (up to source), ready for the driver
     writes: list[Write]  # none: nothing of this event is mirrored (ignored)
     error: str | None = None  # its handler raised while planning: stored as failed
+    # Run in the same transaction whatever the outcome (duplicate and failed included), and not
+    # counted in it: the checkpoint of a sync that fetched this snapshot (app.sync.backfill).
+    after: Sequence[Write] = ()
 
 
 class IngestResult(NamedTuple):
@@ -219,6 +223,9 @@ def apply_optimistically(
             raise RedoCarefully("an event of this batch was stored concurrently")
     if reapplied:
         driver.cursor().executemany(sql.record, reapplied)
+    followups = [write for index in order for write in events[index].after]
+    if followups:
+        execute_writes(driver, followups)
     return [result for result in results if result is not None]
 
 
@@ -226,6 +233,13 @@ def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent) -> Ingest
     """One event, its writes in a savepoint: a failing write is recorded without undoing the rest of
     the transaction. The event row is stored first, which on PostgreSQL makes a concurrent receiver
     of the same event wait for this transaction instead of applying it too."""
+    result = _apply_in_savepoint(driver, sql, planned)
+    if planned.after:
+        execute_writes(driver, planned.after)
+    return result
+
+
+def _apply_in_savepoint(driver: Any, sql: EventSql, planned: PlannedEvent) -> IngestResult:
     stored_row = (*planned.row, None, Outcome.FAILED.value, 1, None)
     inserted = driver.execute(sql.store, stored_row).rowcount
     attempts = 1

@@ -26,6 +26,7 @@ def event_row(event: Event, received: Any) -> tuple[Any, ...]:
         event.object_id,
         event.raw,
         received,
+        event.source,
     )
 
 

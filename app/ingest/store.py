@@ -103,6 +103,15 @@ class EventStore:
         for events in batches:
             yield self.ingest(events, keep_order=True)
 
+    def ingest_planned_in_order(
+        self, batches: Iterable[Sequence[PlannedEvent]], *, in_flight_events: int = 0
+    ) -> Iterator[Results]:
+        """``ingest_in_order`` for events already planned (their ``after`` writes set by the caller);
+        each batch is committed before the next is read (nothing is in flight)."""
+        sql = statements_for(self.engine.dialect)
+        for planned in batches:
+            yield apply_with_recovery(self._transaction, sql, planned, keep_order=True)
+
 
 class WriterProcessStore:
     """EventStore's interface, with the writing done by a SqliteWriterProcess on another core.
@@ -116,10 +125,12 @@ class WriterProcessStore:
         self.writer = writer
         self.apply = apply
 
-    def _submit(self, events: Sequence[Event], keep_order: bool) -> Future[Results]:
+    def plan(self, events: Sequence[Event]) -> list[PlannedEvent]:
         received = received_now(self.dialect)
-        planned = [plan_event(event, self.dialect, received, self.apply) for event in events]
-        return self.writer.submit(planned, keep_order=keep_order)
+        return [plan_event(event, self.dialect, received, self.apply) for event in events]
+
+    def _submit(self, events: Sequence[Event], keep_order: bool) -> Future[Results]:
+        return self.writer.submit(self.plan(events), keep_order=keep_order)
 
     def _results(self, future: Future[Results], count: int) -> Results:
         """The outcomes of a batch; if the writer process died meanwhile, it is restarted and the
@@ -137,12 +148,19 @@ class WriterProcessStore:
         """Batches are written while the next ones are planned. Up to IN_FLIGHT_EVENTS wait for
         their answers, so that this process never stops planning while the child syncs the WAL
         of a commit; the child merges the ones queued behind its transaction into the next."""
+        return self.ingest_planned_in_order(self.plan(events) for events in batches)
+
+    def ingest_planned_in_order(
+        self, batches: Iterable[Sequence[PlannedEvent]], *, in_flight_events: int = IN_FLIGHT_EVENTS
+    ) -> Iterator[Results]:
+        """``ingest_in_order`` for events already planned (their ``after`` writes set by the caller);
+        ``in_flight_events`` bounds how many wait for their answers."""
         in_flight: deque[tuple[Future[Results], int]] = deque()
         waiting = 0
-        for events in batches:
-            in_flight.append((self._submit(events, keep_order=True), len(events)))
-            waiting += len(events)
-            while len(in_flight) > 1 and waiting > IN_FLIGHT_EVENTS:
+        for planned in batches:
+            in_flight.append((self.writer.submit(planned, keep_order=True), len(planned)))
+            waiting += len(planned)
+            while len(in_flight) > 1 and waiting > in_flight_events:
                 future, count = in_flight.popleft()
                 waiting -= count
                 yield self._results(future, count)

@@ -12,6 +12,7 @@ from app.mirror.handlers.items import handle_invoiceitem_created, handle_invoice
 from app.mirror.handlers.meter_errors import METER_ERROR_EVENT_TYPES, handle_meter_error_report
 from app.mirror.handlers.meters import METER_EVENT_TYPES, handle_meter_event
 from app.mirror.handlers.payments import handle_invoice_payment_paid
+from app.mirror.handlers.snapshots import FETCHED_HANDLERS
 from app.mirror.writes import Writes
 
 Apply = Callable[[Writes, Event], None]
@@ -36,6 +37,10 @@ def apply_event(writes: Writes, event: Event) -> None:
         thin_handler = THIN_HANDLERS.get(event.type)
         if thin_handler is not None:
             thin_handler(writes, event.body, source)
+        return
+    fetched_handler = FETCHED_HANDLERS.get(event.type)
+    if fetched_handler is not None:  # objects read from Stripe's API (app.mirror.snapshots)
+        fetched_handler(writes, event.body, Source(event.id, event.created, event.type, True))
         return
     handler = SNAPSHOT_HANDLERS.get(event.type)
     obj = event.data_object

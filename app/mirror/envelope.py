@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -12,6 +13,18 @@ from app.timestamps import parse_time
 
 SNAPSHOT_OBJECT = "event"
 THIN_OBJECT = "v2.core.event"
+
+
+class EventSource(StrEnum):
+    """How an event reached the database (``stripe_events.source``)."""
+
+    WEBHOOK = "webhook"  # POST /webhooks/stripe
+    EVENTS_API = "events_api"  # GET /v1/events, by `sync events`
+    SYNC = "sync"  # a list page fetched by `sync` (a snapshot event)
+    RECONCILE = "reconcile"  # an object fetched by `reconcile --fix`
+    REFRESH = "refresh"  # an object the mirror knew was out of date, fetched again
+    FILE = "file"  # a Stripe list the user fetched, loaded by `backfill`
+    REPLAY = "replay"  # a recorded event, by `replay --direct`
 
 
 class EnvelopeError(ValueError):
@@ -34,6 +47,9 @@ class Event:
     thin: bool
     raw: str  # the body exactly as received, decoded as UTF-8
     body: dict[str, Any] = field(repr=False, compare=False)
+    # How it reached this database (stripe_events.source): a webhook, the Events API, a snapshot
+    # fetched by sync, reconcile or refresh, a backfill file, or a replayed recording.
+    source: str = field(default="webhook", compare=False)
 
     # Derived once here: the hot path reads them several times per event.
     data_object: dict[str, Any] | None = field(init=False, repr=False, compare=False)
@@ -48,6 +64,13 @@ class Event:
         if self.thin:
             related = body.get("related_object")
             object_id = related.get("id") if isinstance(related, dict) else None
+        elif obj is not None and obj.get("object") == "list":
+            # A snapshot of one object (a refresh or a reconcile fix) is about that object.
+            listed = obj.get("data")
+            only = listed[0] if isinstance(listed, list) and len(listed) == 1 else None
+            object_id = only.get("id") if isinstance(only, dict) else None
+            if not isinstance(object_id, str):
+                object_id = None
         else:
             object_id = obj.get("id") if obj else None
             if not isinstance(object_id, str):
@@ -56,13 +79,13 @@ class Event:
         object.__setattr__(self, "object_id", object_id)
 
 
-def parse_event(raw: bytes) -> Event:
+def parse_event(raw: bytes, source: str = "webhook") -> Event:
     try:
         text = raw.decode("utf-8")
         body = _loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise EnvelopeError("invalid_json", f"Body is not valid UTF-8 JSON: {exc}") from None
-    return event_from_json(body, text)
+    return event_from_json(body, text, source)
 
 
 def _loads(raw: bytes) -> Any:
@@ -79,8 +102,9 @@ def _require(condition: bool, message: str) -> None:
         raise EnvelopeError("invalid_event", message)
 
 
-def event_from_json(body: Any, raw: str) -> Event:
-    """Validate the envelope of an already decoded body; ``raw`` is kept for byte-exact storage."""
+def event_from_json(body: Any, raw: str, source: str = "webhook") -> Event:
+    """Validate the envelope of an already decoded body; ``raw`` is kept for byte-exact storage and
+    ``source`` says how it arrived."""
     _require(isinstance(body, dict), "Body is JSON but not an object, so not a Stripe event")
     kind = body.get("object")
     _require(kind in (SNAPSHOT_OBJECT, THIN_OBJECT), "Not a Stripe event: 'object' must be 'event'")
@@ -118,4 +142,5 @@ def event_from_json(body: Any, raw: str) -> Event:
         thin=thin,
         raw=raw,
         body=body,
+        source=source,
     )

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import stamina
 
 from app.ingest.apply import DatabaseUnavailable, IngestResult
-from app.mirror.envelope import EnvelopeError, Event, event_from_json
+from app.mirror.envelope import EnvelopeError, Event, EventSource, event_from_json
 from app.mirror.outcome import Outcome
 from app.recording.event_files import SourceItem, SourceProblem, SourceValue
 from app.webhook.signature import sign_header
@@ -85,7 +85,7 @@ class ReplaySummary:
 
 def to_event(item: SourceValue) -> Event:
     """The event in a source value, or EnvelopeError saying why it is not one."""
-    return event_from_json(item.body, item.raw)
+    return event_from_json(item.body, item.raw, EventSource.REPLAY)
 
 
 def _events_only(items: Iterable[SourceItem], summary: ReplaySummary) -> Iterator[tuple[SourceValue, Event]]:

@@ -16,11 +16,11 @@ import json
 import math
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import stamina
 import stripe
@@ -39,16 +39,43 @@ class FetchError(RuntimeError):
     """A page could not be fetched; the message says what Stripe (or the network) answered."""
 
 
+# Half of Stripe's documented limits (stripe-api-sync.md §3.1: 100 requests/s per live account, 25 in
+# test mode, 25 per endpoint), as the Sync Engine does: the account's own applications share them.
+LIVE_MAX_RPS, LIVE_MAX_ENDPOINT_RPS = 50.0, 15.0
+TEST_MAX_RPS, TEST_MAX_ENDPOINT_RPS = 10.0, 10.0
+
+
+def is_live_key(api_key: str) -> bool:
+    """sk_live_/rk_live_ keys are live mode; any other is treated as test mode (the lower limits)."""
+    return api_key.startswith(("sk_live_", "rk_live_"))
+
+
+def default_rates(api_key: str) -> tuple[float, float]:
+    """(requests/s in all, requests/s per endpoint) below Stripe's limits for the key's mode."""
+    if is_live_key(api_key):
+        return LIVE_MAX_RPS, LIVE_MAX_ENDPOINT_RPS
+    return TEST_MAX_RPS, TEST_MAX_ENDPOINT_RPS
+
+
 @dataclass(frozen=True)
 class StripeApi:
     """Where and how to read Stripe: the key, the address (Stripe's, or a Stripe-compatible server),
-    the Connect account, the API version every response is rendered in, and the request budget."""
+    the Connect account, the API version every response is rendered in, and the request budget (in
+    all, and per endpoint; None: below Stripe's limits for the key's mode)."""
 
     api_key: str
     stripe_version: str
     api_base: str = STRIPE_API_BASE
     stripe_account: str | None = None
-    max_rps: float = 10.0
+    max_rps: float | None = None
+    max_endpoint_rps: float | None = None
+
+    @property
+    def rates(self) -> tuple[float, float]:
+        total, endpoint = default_rates(self.api_key)
+        total = self.max_rps if self.max_rps is not None else total
+        endpoint = self.max_endpoint_rps if self.max_endpoint_rps is not None else min(endpoint, total)
+        return total, endpoint
 
 
 @dataclass(frozen=True)
@@ -71,10 +98,18 @@ def _limiter(max_rps: float) -> Limiter:
 
 
 def _worth_backing_off(exc: Exception) -> bool:
-    """A rate-limited 429 or a connection still failing: what the SDK's own retries leave to us."""
+    """What the SDK's own quick retries leave to us, to retry after seconds rather than half-seconds:
+    a rate-limited 429 (the SDK never retries one), a connection still failing, and a 5xx or 409
+    still answered after the SDK's retries, unless Stripe said not to retry it."""
     if isinstance(exc, stripe.RateLimitError):
         return exc.error is None or exc.error.code != "lock_timeout"  # lock timeouts: the SDK's job
-    return isinstance(exc, stripe.APIConnectionError)
+    if isinstance(exc, stripe.APIConnectionError):
+        return True
+    if isinstance(exc, stripe.APIError):
+        status = exc.http_status or 0
+        told_not_to = (exc.headers or {}).get("stripe-should-retry") == "false"
+        return (status >= 500 or status == 409) and not told_not_to
+    return False
 
 
 def stripe_time(headers: Mapping[str, str]) -> int:
@@ -86,14 +121,26 @@ def stripe_time(headers: Mapping[str, str]) -> int:
 
 
 class StripeReader:
-    """Reads list pages from one account; safe to share between threads (one limiter for all)."""
+    """Reads list pages and objects from one account; safe to share between threads (one limiter for
+    all of them, one more per endpoint)."""
 
     def __init__(self, api: StripeApi, client: stripe.StripeClient | None = None) -> None:
         self.api = api
         self.client = client if client is not None else self._client(api)
-        self.limiter = _limiter(api.max_rps)
+        total, self.endpoint_rps = api.rates
+        self.limiter = _limiter(total)
+        self._endpoint_limiters: dict[str, Limiter] = {}
         self.requests = 0  # requests sent, retries included
         self._count_lock = threading.Lock()
+
+    def _acquire(self, endpoint: str) -> None:
+        with self._count_lock:
+            limiter = self._endpoint_limiters.get(endpoint)
+            if limiter is None:
+                limiter = self._endpoint_limiters[endpoint] = _limiter(self.endpoint_rps)
+            self.requests += 1
+        limiter.try_acquire(endpoint)
+        self.limiter.try_acquire("all")
 
     @staticmethod
     def _client(api: StripeApi) -> stripe.StripeClient:
@@ -108,15 +155,16 @@ class StripeReader:
             http_client=stripe.RequestsClient(timeout=HTTP_TIMEOUT_SECONDS),
         )
 
-    def get(self, path: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], int, str | None]:
-        """One GET: the decoded body, Stripe's time, the request id."""
+    def get(
+        self, path: str, params: Mapping[str, Any], *, endpoint: str | None = None
+    ) -> tuple[dict[str, Any], int, str | None]:
+        """One GET: the decoded body, Stripe's time, the request id. ``endpoint`` names the rate
+        limit the request counts against (the path itself by default)."""
         for attempt in stamina.retry_context(
             on=_worth_backing_off, attempts=RATE_LIMIT_ATTEMPTS, wait_initial=1.0, wait_max=30.0
         ):
             with attempt:
-                self.limiter.try_acquire(path)
-                with self._count_lock:
-                    self.requests += 1
+                self._acquire(endpoint or path)
                 response = self.client.raw_request("get", path, **params)
         try:
             body = json.loads(response.body)
@@ -124,20 +172,49 @@ class StripeReader:
             raise FetchError(f"GET {path} answered something that is not JSON: {exc}") from None
         return body, stripe_time(response.headers), response.request_id
 
-    def pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[ListPage]:
-        """Every page of a list, newest first, ``PAGE_LIMIT`` objects at a time, following
-        ``starting_after``. ``params`` are the list's filters."""
+    def page(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        starting_after: str | None = None,
+        *,
+        endpoint: str | None = None,
+    ) -> ListPage:
+        """One page of a list (``PAGE_LIMIT`` objects, newest first) after ``starting_after``."""
         query: dict[str, Any] = {**(params or {}), "limit": PAGE_LIMIT}
+        if starting_after is not None:
+            query["starting_after"] = starting_after
+        body, fetched_at, request_id = self.get(path, query, endpoint=endpoint)
+        if body.get("object") != "list" or not isinstance(body.get("data"), list):
+            raise FetchError(f"GET {path} did not answer a list object")
+        objects = [obj for obj in body["data"] if isinstance(obj, dict)]
+        return ListPage(objects, bool(body.get("has_more")) and bool(objects), fetched_at, request_id)
+
+    def pages(
+        self, path: str, params: Mapping[str, Any] | None = None, *, endpoint: str | None = None
+    ) -> Iterator[ListPage]:
+        """Every page of a list, newest first, following ``starting_after``. ``params`` are the
+        list's filters, sent unchanged with every page (a cursor is valid only with them)."""
+        cursor: str | None = None
         while True:
-            body, fetched_at, request_id = self.get(path, query)
-            if body.get("object") != "list" or not isinstance(body.get("data"), list):
-                raise FetchError(f"GET {path} did not answer a list object")
-            objects = [obj for obj in body["data"] if isinstance(obj, dict)]
-            has_more = bool(body.get("has_more"))
-            yield ListPage(objects, has_more, fetched_at, request_id)
-            if not has_more or not objects:
+            page = self.page(path, params, cursor, endpoint=endpoint)
+            yield page
+            if not page.has_more:
                 return
-            query["starting_after"] = objects[-1]["id"]
+            cursor = page.objects[-1]["id"]
+
+    def retrieve(
+        self, path: str, params: Mapping[str, Any] | None = None, *, endpoint: str | None = None
+    ) -> tuple[dict[str, Any] | None, int, str | None]:
+        """One object (``GET /v1/<resource>/<id>``): its JSON, or None when Stripe no longer has
+        it (404 ``resource_missing``, or the ``deleted: true`` stub), with Stripe's time."""
+        try:
+            body, fetched_at, request_id = self.get(path, params or {}, endpoint=endpoint)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status != 404:
+                raise
+            return None, stripe_time(exc.headers or {}), exc.request_id
+        return (None if body.get("deleted") is True else body), fetched_at, request_id
 
 
 @dataclass(frozen=True)
@@ -160,30 +237,39 @@ def created_windows(start: int, end: int, count: int) -> list[Window]:
     return [Window(low, high) for low, high in itertools.pairwise(bounds)][::-1]
 
 
-def fetch_windows(
-    reader: StripeReader, path: str, windows: list[Window], *, threads: int = 4
-) -> Iterator[tuple[Window, ListPage | None]]:
-    """The pages of every window, windows fetched in parallel (the limiter keeps the total rate):
-    ``(window, page)`` as pages arrive, then ``(window, None)`` once a window is complete, so the
-    caller can checkpoint it. At most a few pages per thread wait in memory."""
-    arrived: queue.Queue[tuple[Window, ListPage | None] | BaseException] = queue.Queue(maxsize=2 * threads)
+K = TypeVar("K")
+
+
+def fetch_chains(
+    reader: StripeReader,
+    path: str,
+    chains: Sequence[tuple[K, Mapping[str, Any]]],
+    *,
+    threads: int = 4,
+    endpoint: str | None = None,
+) -> Iterator[tuple[K, ListPage | None]]:
+    """Every page of several chains of one list (each its own filters, paged with its own cursor),
+    chains fetched in parallel (the limiter keeps the total rate), in the order given as far as
+    threads allow: ``(key, page)`` as pages arrive, then ``(key, None)`` once a chain is complete,
+    so the caller can checkpoint it. At most a few pages per thread wait in memory."""
+    arrived: queue.Queue[tuple[K, ListPage | None] | BaseException] = queue.Queue(maxsize=2 * threads)
     stop = threading.Event()
 
-    def fetch(window: Window) -> None:
+    def fetch(key: K, params: Mapping[str, Any]) -> None:
         try:
-            for page in reader.pages(path, window.params()):
+            for page in reader.pages(path, params, endpoint=endpoint):
                 if stop.is_set():
                     return
-                arrived.put((window, page))
-            arrived.put((window, None))
+                arrived.put((key, page))
+            arrived.put((key, None))
         except BaseException as exc:  # handed to the caller, who stops the others
             arrived.put(exc)
 
     pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="billing-mirror-sync")
     try:
-        for window in windows:
-            pool.submit(fetch, window)
-        for _ in range(len(windows)):
+        for key, params in chains:
+            pool.submit(fetch, key, params)
+        for _ in range(len(chains)):
             while True:
                 item = arrived.get()
                 if isinstance(item, BaseException):
@@ -196,3 +282,10 @@ def fetch_windows(
         while not arrived.empty():  # unblock a thread waiting to put its page
             arrived.get_nowait()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def fetch_windows(
+    reader: StripeReader, path: str, windows: list[Window], *, threads: int = 4
+) -> Iterator[tuple[Window, ListPage | None]]:
+    """``fetch_chains`` with one chain per ``created`` window."""
+    return fetch_chains(reader, path, [(window, window.params()) for window in windows], threads=threads)

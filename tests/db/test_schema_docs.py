@@ -28,6 +28,8 @@ DOCUMENTED_TABLES = (
     "billing_alert_triggers",
     "invoice_rendering_templates",
     "billing_meter_error_reports",
+    "sync_windows",
+    "sync_state",
 )
 
 

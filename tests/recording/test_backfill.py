@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from freezegun import freeze_time
 from sqlalchemy import Engine
 
 from app.cli.main import cli
-from app.recording.backfill import BackfillError, backfill_templates, parse_list, run_in_transaction
-from app.testing.dump import rows
-from tests.support import INVOICE_G, T0, fixture_path, ingest_each, make_event, one, recorded, snapshot_of
+from app.db.engine import make_engine
+from app.recording.backfill import BackfillError, backfill_templates, parse_list
+from app.testing.dump import dump, rows
+from tests.support import (
+    INVOICE_G,
+    T0,
+    copy_sqlite,
+    fixture_path,
+    ingest_each,
+    make_event,
+    one,
+    recorded,
+    snapshot_of,
+)
 
 TEMPLATES = fixture_path("invoice_rendering_templates.list.json")
 LINES_G = fixture_path("invoice_lines.in_G.json")
@@ -33,7 +46,7 @@ def write(tmp_path: Path, name: str, document: Any) -> str:
 def test_templates_command_fills_the_table(db_url: str, engine: Engine) -> None:
     result = run(db_url, "templates", str(TEMPLATES))
     assert result.exit_code == 0, result.output
-    assert "2 templates read, 2 written" in result.output
+    assert re.search(r"2 templates read as event snap_[0-9a-f]{32}: applied", result.output), result.output
     listed = json.loads(TEMPLATES.read_text())["data"]
     found = {row["id"]: row for row in rows(engine, "invoice_rendering_templates")}
     eu = found["inrtem_1SyJ10B7WZ01zgkWtplEU01"]
@@ -43,26 +56,36 @@ def test_templates_command_fills_the_table(db_url: str, engine: Engine) -> None:
         3,
         {"region": "eu"},
     )
-    assert (eu["created"], eu["livemode"], eu["last_event_id"]) == (T0 - 86400 * 30, False, "backfill")
+    assert (eu["created"], eu["livemode"]) == (T0 - 86400 * 30, False)
+    # The file is an event in the log, the template a snapshot of it.
+    event = one(engine, "stripe_events", id=eu["last_event_id"])
+    assert (event["type"], event["source"], event["outcome"]) == (
+        "snapshot.invoice_rendering_template",
+        "file",
+        "applied",
+    )
+    assert json.loads(event["payload"])["data"]["object"]["data"] == listed
     assert json.loads(eu["payload"]) == listed[0]
     assert found["inrtem_1SyJ11B7WZ01zgkWtplOLD1"]["status"] == "archived"
 
 
 def test_templates_are_versioned_by_their_version(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    """By version first, then by when the file was loaded (each load a second after the last)."""
     listed = json.loads(TEMPLATES.read_text())
-    run(db_url, "templates", str(TEMPLATES))
-    older = copy.deepcopy(listed)
-    older["data"][0].update(version=2, nickname="EU (old)")
-    result = run(db_url, "templates", write(tmp_path, "older.json", older))
-    assert "2 templates read, 1 written" in result.output  # the same second template, rewritten as is
-    assert (
-        one(engine, "invoice_rendering_templates", id="inrtem_1SyJ10B7WZ01zgkWtplEU01")["nickname"]
-        == "EU invoices (VAT)"
-    )
-    # Archiving does not bump the version; a re-fetch of the same version still wins.
-    archived = copy.deepcopy(listed)
-    archived["data"][0]["status"] = "archived"
-    run(db_url, "templates", write(tmp_path, "archived.json", archived))
+    with freeze_time("2026-02-01 00:00:00") as clock:
+        run(db_url, "templates", str(TEMPLATES))
+        older = copy.deepcopy(listed)
+        older["data"][0].update(version=2, nickname="EU (old)")
+        clock.tick(1)
+        result = run(db_url, "templates", write(tmp_path, "older.json", older))
+        assert "2 templates read" in result.output and ": applied" in result.output  # the second rewritten
+        eu = one(engine, "invoice_rendering_templates", id="inrtem_1SyJ10B7WZ01zgkWtplEU01")
+        assert eu["nickname"] == "EU invoices (VAT)"
+        # Archiving does not bump the version; a re-fetch of the same version still wins.
+        archived = copy.deepcopy(listed)
+        archived["data"][0]["status"] = "archived"
+        clock.tick(1)
+        run(db_url, "templates", write(tmp_path, "archived.json", archived))
     assert (
         one(engine, "invoice_rendering_templates", id="inrtem_1SyJ10B7WZ01zgkWtplEU01")["status"]
         == "archived"
@@ -76,7 +99,8 @@ def test_bad_input_is_refused_without_writing(tmp_path: Path, db_url: str, engin
     mixed["data"].append({"id": "in_1", "object": "invoice"})
     refused = run(db_url, "templates", write(tmp_path, "mixed.json", mixed))
     assert refused.exit_code != 0 and "Not an invoice_rendering_template" in refused.output
-    assert rows(engine, "invoice_rendering_templates") == []  # one transaction: nothing half-written
+    assert rows(engine, "invoice_rendering_templates") == []  # refused before anything is stored
+    assert rows(engine, "stripe_events") == []
 
 
 def test_pages_may_be_given_as_an_array(engine: Engine) -> None:
@@ -86,7 +110,8 @@ def test_pages_may_be_given_as_an_array(engine: Engine) -> None:
     page = parse_list([first, second])
     assert page.complete and [t["id"] for t in page.data] == [t["id"] for t in listed["data"]]
     assert not parse_list([first]).complete
-    assert run_in_transaction(engine, lambda session: backfill_templates(session, page.data)) == 2
+    assert backfill_templates(engine, page.data).outcome == "applied"
+    assert len(rows(engine, "invoice_rendering_templates")) == 2
     try:
         parse_list({"object": "invoice"})
     except BackfillError:
@@ -106,6 +131,8 @@ def test_lines_backfill_completes_an_invoice(db_url: str, engine: Engine) -> Non
     found = sorted(rows(engine, "invoice_line_items"), key=lambda row: row["position"])
     assert [row["id"] for row in found] == [line["id"] for line in json.loads(LINES_G.read_text())["data"]]
     assert {row["last_event_id"] for row in found} == {event["id"]}  # attributed to the invoice version
+    stored_lines = [row for row in rows(engine, "stripe_events") if row["type"] == "snapshot.invoice_lines"]
+    assert [row["source"] for row in stored_lines] == ["file"]
     assert one(engine, "invoices", id=INVOICE_G)["lines_incomplete"] is False
     # Items behind the lines beyond the first page learn their invoice too.
     assert (
@@ -151,3 +178,30 @@ def test_lines_of_another_invoice_are_refused(db_url: str, engine: Engine) -> No
     ingest_each(engine, recorded("invoice.created"))
     result = run(db_url, "lines", "in_1SyA10B7WZ01zgkWrnwlA001", str(LINES_G))
     assert result.exit_code != 0 and "Not a line of" in result.output
+
+
+def test_exported_log_rebuilds_backfilled_templates_and_lines(
+    tmp_path: Path, db_url: str, engine: Engine, sqlite_template: Path
+) -> None:
+    """What a file loaded is in the log: export, then replay into an empty database, gives the same mirror."""
+    ingest_each(engine, recorded("invoice.created.has_more"))
+    assert run(db_url, "templates", str(TEMPLATES)).exit_code == 0
+    assert run(db_url, "lines", INVOICE_G, str(LINES_G)).exit_code == 0
+    exported = CliRunner().invoke(cli, ["events", "export", "--database-url", db_url])
+    assert exported.exit_code == 0
+    recording = tmp_path / "log.jsonl"
+    recording.write_text(exported.stdout)
+
+    rebuilt_url = copy_sqlite(sqlite_template, tmp_path / "rebuilt.db")
+    replayed = CliRunner().invoke(
+        cli, ["replay", str(recording), "--direct", "--no-migrate", "--database-url", rebuilt_url]
+    )
+    assert replayed.exit_code == 0, replayed.output
+    rebuilt = make_engine(rebuilt_url)
+    try:
+        assert dump(rebuilt) == dump(engine)
+        assert len(rows(rebuilt, "invoice_line_items")) == 12
+        assert one(rebuilt, "invoices", id=INVOICE_G)["lines_incomplete"] is False
+        assert len(rows(rebuilt, "invoice_rendering_templates")) == 2
+    finally:
+        rebuilt.dispose()

@@ -11,7 +11,7 @@ from typing import Any
 from app.db.models import BillingAlert, BillingAlertTrigger
 from app.json_text import json_text
 from app.mirror.handlers.base import Source, StripeObject, dig, ref_id
-from app.mirror.upsert import Version, guarded_upsert
+from app.mirror.upsert import guarded_upsert
 from app.mirror.writes import Writes
 
 
@@ -39,12 +39,18 @@ def alert_columns(alert: StripeObject) -> dict[str, Any]:
     }
 
 
+def upsert_alert(writes: Writes, alert: StripeObject, source: Source) -> None:
+    if not isinstance(alert.get("id"), str):
+        raise ValueError("billing.alert object has no id")
+    guarded_upsert(writes, BillingAlert, {"id": alert["id"]}, alert_columns(alert), source.version(0))
+
+
 def handle_alert_triggered(writes: Writes, obj: StripeObject, source: Source) -> None:
     alert = obj.get("alert")
     if not isinstance(alert, dict) or not isinstance(alert.get("id"), str):
         raise ValueError("billing.alert_triggered carries no alert with an id")
-    version = Version(0, source.created, 0, source.event_id)
-    guarded_upsert(writes, BillingAlert, {"id": alert["id"]}, alert_columns(alert), version)
+    upsert_alert(writes, alert, source)
+    version = source.version(0)
     trigger = {
         "alert": alert["id"],
         "customer": ref_id(obj.get("customer")),

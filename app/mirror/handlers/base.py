@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from app.mirror.upsert import Version
 from app.mirror.writes import Writes
 
 
 class Source(NamedTuple):
     """The event a snapshot came from: handlers version their writes with it (a tuple: one is built
-    per event planned, and a frozen dataclass costs several times more to build)."""
+    per event planned, and a frozen dataclass costs several times more to build).
+
+    ``fetched`` marks a snapshot read from Stripe's API (a ``snapshot.*`` event), dated by the
+    response's Date header: within one second it cannot tell whether it was read before or after an
+    event of that second, so it loses such a tie (``version``)."""
 
     event_id: str
     created: int
     type: str
+    fetched: bool = False
+
+    def version(self, precedence: int, tiebreak: int = 0) -> Version:
+        """The version of a write from this source: ``tiebreak`` (the resource's own order within one
+        second) first, then an event before a fetched snapshot of the same second."""
+        return Version(precedence, self.created, tiebreak * 2 + (not self.fetched), self.event_id)
 
 
 StripeObject = dict[str, Any]

@@ -44,11 +44,8 @@ STUB_KEYS = frozenset({"id", "object", "deleted"})
 def invoice_version(obj: StripeObject, source: Source) -> Version:
     status = obj.get("status")
     rank = STATUS_RANK.get(status, 0) if isinstance(status, str) else 0
-    return Version(  # precedence, created, tiebreak, event_id (positional: built for every snapshot)
-        1 if status in TERMINAL_STATUSES else 0,
-        source.created,
-        rank * 8 + count_set(obj.get("status_transitions")),
-        source.event_id,
+    return source.version(
+        1 if status in TERMINAL_STATUSES else 0, rank * 8 + count_set(obj.get("status_transitions"))
     )
 
 
@@ -108,10 +105,9 @@ def upsert_embedded_payments(writes: Writes, invoice: StripeObject, source: Sour
             upsert_invoice_payment(writes, payment, source)
 
 
-def upsert_invoice(writes: Writes, obj: StripeObject, source: Source) -> None:
-    """The invoice row, then its lines."""
+def upsert_invoice(writes: Writes, obj: StripeObject, source: Source, *, deleting: bool) -> None:
+    """The invoice row, then its lines; ``deleting`` also sets the tombstone."""
     invoice_id = obj["id"]
-    deleting = source.type == "invoice.deleted"
     stub = deleting and set(obj) <= STUB_KEYS
     version = NO_DATA if stub else invoice_version(obj, source)
     guarded_upsert(
@@ -131,5 +127,5 @@ def upsert_invoice(writes: Writes, obj: StripeObject, source: Source) -> None:
 def handle_invoice_event(writes: Writes, obj: StripeObject, source: Source) -> None:
     if not isinstance(obj.get("id"), str):
         return  # an invoice without an id (a preview) is never mirrored: ignored
-    upsert_invoice(writes, obj, source)
+    upsert_invoice(writes, obj, source, deleting=source.type == "invoice.deleted")
     upsert_embedded_payments(writes, obj, source)

@@ -7,7 +7,7 @@ from typing import Any
 from app.db.models import InvoiceItem
 from app.json_text import json_text
 from app.mirror.handlers.base import Source, StripeObject, as_dict, ref_id
-from app.mirror.upsert import NO_DATA, Version, guarded_upsert
+from app.mirror.upsert import NO_DATA, guarded_upsert
 from app.mirror.writes import Writes
 
 STUB_KEYS = frozenset({"id", "object", "deleted"})
@@ -61,23 +61,27 @@ def _item_id(obj: StripeObject) -> str:
     return item_id
 
 
-def handle_invoiceitem_created(writes: Writes, obj: StripeObject, source: Source) -> None:
-    version = Version(0, source.created, 0, source.event_id)
-    guarded_upsert(writes, InvoiceItem, {"id": _item_id(obj)}, item_columns(obj), version)
-
-
-def handle_invoiceitem_deleted(writes: Writes, obj: StripeObject, source: Source) -> None:
-    """A tombstone; the payload may be the full item or the stub {id, object, deleted}."""
-    if set(obj) <= STUB_KEYS:
+def upsert_item(writes: Writes, obj: StripeObject, source: Source, *, deleting: bool) -> None:
+    """The item's row; ``deleting`` also sets the tombstone, and a deletion may carry the whole item
+    or only the stub {id, object, deleted}, which keeps the item's last snapshot."""
+    if deleting and set(obj) <= STUB_KEYS:
         data: dict[str, Any] = {}
         version = NO_DATA
     else:
-        data, version = item_columns(obj), Version(0, source.created, 0, source.event_id)
+        data, version = item_columns(obj), source.version(0)
     guarded_upsert(
         writes,
         InvoiceItem,
         {"id": _item_id(obj)},
         data,
         version,
-        deleted_by=(source.event_id, source.created),
+        deleted_by=(source.event_id, source.created) if deleting else None,
     )
+
+
+def handle_invoiceitem_created(writes: Writes, obj: StripeObject, source: Source) -> None:
+    upsert_item(writes, obj, source, deleting=False)
+
+
+def handle_invoiceitem_deleted(writes: Writes, obj: StripeObject, source: Source) -> None:
+    upsert_item(writes, obj, source, deleting=True)

@@ -91,3 +91,35 @@ def write_lines(
     # Sorted so that two transactions touching the same items lock them in the same order.
     links = [({"invoice_item": item_id}, {"invoice": invoice_id}) for item_id in sorted(item_ids)]
     guarded_upsert_many(writes, InvoiceItemInvoice, links, version)
+
+
+def _lines_not_in(dialect: str) -> str:
+    """SQL: the lines of an invoice, written by a version at most the given one, whose id is not in
+    a list of ids (one JSON array on SQLite, one array on PostgreSQL)."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    listed = "id NOT IN (SELECT value FROM json_each(?))" if dialect == "sqlite" else "NOT (id = ANY(%s))"
+    return (
+        f"DELETE FROM invoice_line_items WHERE invoice = {mark}"
+        f" AND (version_precedence, last_event_created, version_tiebreak, last_event_id)"
+        f" <= ({mark}, {mark}, {mark}, {mark}) AND {listed}"
+    )
+
+
+def complete_lines_of_version(
+    writes: Writes, invoice_id: str, lines: Sequence[Any], version: Version
+) -> None:
+    """Plan, for a complete list of lines known at ``version`` (read after the invoice snapshot of
+    that version): lines of the invoice it no longer names are removed unless a newer version wrote
+    them, and ``lines_incomplete`` is cleared if that version is still the invoice's."""
+    dialect = writes.dialect.name
+    listed = [line["id"] for line in lines if isinstance(line, dict) and isinstance(line.get("id"), str)]
+    writes.add(
+        _lines_not_in(dialect), (invoice_id, *version, json_text(listed) if dialect == "sqlite" else listed)
+    )
+    mark = "?" if dialect == "sqlite" else "%s"
+    writes.add(
+        f"UPDATE invoices SET lines_incomplete = {'0' if dialect == 'sqlite' else 'false'} WHERE id = {mark}"
+        f" AND (version_precedence, last_event_created, version_tiebreak, last_event_id)"
+        f" = ({mark}, {mark}, {mark}, {mark})",
+        (invoice_id, *version),
+    )

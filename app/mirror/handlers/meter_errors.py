@@ -11,7 +11,7 @@ from typing import Any
 from app.db.models import BillingMeterErrorReport
 from app.json_text import json_text
 from app.mirror.handlers.base import Source, StripeObject, dig
-from app.mirror.upsert import Version, guarded_upsert
+from app.mirror.upsert import guarded_upsert
 from app.mirror.writes import Writes
 
 METER_ERROR_EVENT_TYPES = (
@@ -43,7 +43,7 @@ def error_report_columns(body: StripeObject, source: Source) -> dict[str, Any]:
 
 
 def handle_meter_error_report(writes: Writes, body: StripeObject, source: Source) -> None:
-    version = Version(0, source.created, 0, source.event_id)
+    version = source.version(0)
     guarded_upsert(
         writes,
         BillingMeterErrorReport,

@@ -21,7 +21,7 @@ METER_EVENT_TYPES = (
 def meter_version(obj: StripeObject, source: Source) -> Version:
     # Within one event second the meter's own `updated` time orders deactivate/reactivate pairs.
     updated = obj.get("updated")
-    return Version(0, source.created, updated if isinstance(updated, int) else 0, source.event_id)
+    return source.version(0, updated if isinstance(updated, int) else 0)
 
 
 def meter_columns(obj: StripeObject) -> dict[str, Any]:

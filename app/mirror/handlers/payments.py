@@ -16,11 +16,9 @@ STATUS_RANK = {"open": 1, "paid": 2, "canceled": 2}
 def payment_version(obj: StripeObject, source: Source) -> Version:
     status = obj.get("status")
     transitions_set = count_set(obj.get("status_transitions"))
-    return Version(  # precedence, created, tiebreak, event_id (positional: built for every snapshot)
+    return source.version(
         1 if status in TERMINAL_STATUSES else 0,
-        source.created,
         STATUS_RANK.get(status, 0) * 8 + transitions_set,  # type: ignore[arg-type]
-        source.event_id,
     )
 
 

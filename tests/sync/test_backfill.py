@@ -1,0 +1,234 @@
+"""``billing-mirror sync``: a backfill from the Stripe-compatible test server (real HTTP, stripe-python),
+on SQLite and PostgreSQL: every object once as Stripe sent it, lines past the first page, windows in
+parallel, checkpoints, resuming, and the rate limit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import stamina
+from sqlalchemy import Engine
+
+from app.testing.dump import rows
+from tests.stripe_server import objects
+from tests.stripe_server.faults import Mutate, api_error, rate_limit_error
+from tests.stripe_server.runner import RunningServer
+from tests.stripe_server.store import (
+    ALERTS,
+    INVOICE_ITEMS,
+    INVOICE_PAYMENTS,
+    INVOICES,
+    METERS,
+    TEMPLATES,
+    Store,
+)
+from tests.support import T0, one, payloads, run_cli, sync_args
+
+NOW = T0 + 86_400 * 40
+
+
+def populate(store: Store, *, items: int = 450, invoices: int = 60) -> dict[str, list[dict[str, Any]]]:
+    """An account with objects of every resource: items 7 to a second (ties in a shuffled order),
+    invoices of which every tenth has 23 lines (Stripe embeds 10), paid ones with their payments."""
+    store.shuffle_ties(11)
+    made: dict[str, list[dict[str, Any]]] = {name: [] for name in (INVOICE_ITEMS, INVOICES, INVOICE_PAYMENTS)}
+    for number in range(items):
+        made[INVOICE_ITEMS].append(store.put(INVOICE_ITEMS, objects.invoice_item(date=T0 + number // 7)))
+    for number in range(invoices):
+        status = "paid" if number % 3 == 0 else "open"
+        invoice = objects.invoice(created=T0 + 5 * number, lines=23 if number % 10 == 0 else 2, status=status)
+        made[INVOICES].append(invoice)
+        store.put(INVOICES, invoice)
+        if status == "paid":
+            for offset in range(2):
+                payment = objects.invoice_payment(created=T0 + 5 * number + offset, invoice=invoice["id"])
+                made[INVOICE_PAYMENTS].append(store.put(INVOICE_PAYMENTS, payment))
+    meters = [store.put(METERS, objects.meter(created=T0 + number)) for number in range(3)]
+    made[ALERTS] = [store.put(ALERTS, objects.alert(meter_id=meters[0]["id"]), created=T0 + n) for n in range(2)]
+    made[TEMPLATES] = [store.put(TEMPLATES, objects.rendering_template(created=T0 + n)) for n in range(2)]
+    made[METERS] = meters
+    return made
+
+
+def assert_mirrors(engine: Engine, made: dict[str, list[dict[str, Any]]]) -> None:
+    """Every object of the account is in the mirror, as Stripe sent it; invoices with every line."""
+    assert payloads(engine, "invoice_items") == {item["id"]: item for item in made[INVOICE_ITEMS]}
+    assert payloads(engine, "invoice_payments") == {pay["id"]: pay for pay in made[INVOICE_PAYMENTS]}
+    assert payloads(engine, "billing_meters") == {meter["id"]: meter for meter in made[METERS]}
+    assert payloads(engine, "billing_alerts") == {alert["id"]: alert for alert in made[ALERTS]}
+    assert payloads(engine, "invoice_rendering_templates") == {t["id"]: t for t in made[TEMPLATES]}
+    mirrored = payloads(engine, "invoices")
+    assert set(mirrored) == {invoice["id"] for invoice in made[INVOICES]}
+    lines = rows(engine, "invoice_line_items")
+    for invoice in made[INVOICES]:
+        stored = mirrored[invoice["id"]]
+        assert {k: v for k, v in stored.items() if k != "lines"} == {
+            k: v for k, v in invoice.items() if k != "lines"
+        }
+        assert stored["lines"]["has_more"] is False
+        expected = [line["id"] for line in invoice["lines"]["data"]]
+        mine = sorted((row for row in lines if row["invoice"] == invoice["id"]), key=lambda row: row["position"])
+        assert [row["id"] for row in mine] == expected
+        assert one(engine, "invoices", id=invoice["id"])["lines_incomplete"] is False
+
+
+def test_sync_reads_every_object_once_as_stripe_sent_it(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
+    made = populate(stripe_api.server.store)
+    stripe_api.server.clock.set(NOW)
+
+    result = run_cli("sync", *sync_args(stripe_api.url, db_url, "--threads", "6"))
+
+    assert result.exit_code == 0, result.output
+    assert_mirrors(engine, made)
+    assert "invoiceitems: 4" in result.output and "invoices: " in result.output
+    # Pages are events in the log, dated by Stripe's clock, with the source of their fetch.
+    snapshots = [row for row in rows(engine, "stripe_events") if row["type"].startswith("snapshot.")]
+    assert snapshots and {row["source"] for row in snapshots} == {"sync"}
+    assert {row["created"] for row in snapshots} == {NOW}
+    state = {row["resource"]: row for row in rows(engine, "sync_state")}
+    assert {name: state[name]["finished_at"] for name in state} == dict.fromkeys(state, NOW)
+    assert state["invoiceitems"]["objects"] >= 450
+    assert all(window["done"] for window in rows(engine, "sync_windows"))
+    # Lines past the first page came from the lines endpoint, 100 at a time, for those invoices only.
+    lines_requests = stripe_api.server.log.matching(r"/v1/invoices/[^/]+/lines")
+    assert len(lines_requests) == 6 and {entry.params["limit"] for entry in lines_requests if entry.params} == {"100"}
+    # Items were read in parallel windows, and not much more than once.
+    item_requests = stripe_api.server.log.matching("/v1/invoiceitems")
+    assert len({json.dumps(entry.params.get("created"), sort_keys=True) for entry in item_requests if entry.params}) > 1
+    assert state["invoiceitems"]["objects"] <= 450 + 100 * len(item_requests) // 4
+
+
+def test_a_finished_sync_reads_nothing_again_until_full(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
+    made = populate(stripe_api.server.store, items=120, invoices=4)
+    stripe_api.server.clock.set(NOW)
+    assert run_cli("sync", *sync_args(stripe_api.url, db_url)).exit_code == 0
+    requests_before = len(stripe_api.server.log.entries)
+
+    again = run_cli("sync", *sync_args(stripe_api.url, db_url, "invoiceitems"))
+    assert again.exit_code == 0
+    assert "invoiceitems: already synced" in again.output
+    assert len(stripe_api.server.log.entries) == requests_before
+
+    changed = dict(made[INVOICE_ITEMS][0], description="Changed while nobody listened")
+    stripe_api.server.store.put(INVOICE_ITEMS, changed)
+    stripe_api.server.clock.set(NOW + 60)
+    full = run_cli("sync", *sync_args(stripe_api.url, db_url, "items", "--full"))
+    assert full.exit_code == 0, full.output
+    assert payloads(engine, "invoice_items")[changed["id"]]["description"] == "Changed while nobody listened"
+
+
+def test_a_stopped_sync_continues_without_reading_finished_windows_again(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
+    made = populate(stripe_api.server.store, items=900, invoices=0)
+    stripe_api.server.clock.set(NOW)
+    # The 12th request to the items list fails for good (Stripe says not to retry it).
+    stripe_api.server.faults.add(api_error(should_retry=False), path="/v1/invoiceitems", nth=12)
+
+    stopped = run_cli("sync", *sync_args(stripe_api.url, db_url, "items", "--threads", "3"))
+
+    assert stopped.exit_code != 0 and "Run it again to continue" in stopped.output
+    windows = rows(engine, "sync_windows", resource="invoiceitems")
+    finished = {window["span"] for window in windows if window["done"]}
+    assert finished and any(not window["done"] for window in windows)
+    first_run = len(stripe_api.server.log.entries)
+
+    resumed = run_cli("sync", *sync_args(stripe_api.url, db_url, "items", "--threads", "3"))
+
+    assert resumed.exit_code == 0, resumed.output
+    assert payloads(engine, "invoice_items") == {item["id"]: item for item in made[INVOICE_ITEMS]}
+    for entry in stripe_api.server.log.entries[first_run:]:
+        created = (entry.params or {}).get("created", {})
+        span = f"{created.get('gte', '')}..{created.get('lt', '')}"
+        assert span not in finished, f"finished window {span} was read again"
+
+
+def test_rate_limits_and_transient_errors_are_retried(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
+    made = populate(stripe_api.server.store, items=300, invoices=12)
+    stripe_api.server.clock.set(NOW)
+    faults = stripe_api.server.faults
+    faults.add(rate_limit_error("endpoint-rate"), path="/v1/invoiceitems", nth=(2, 3))
+    faults.add(api_error(should_retry=True), path="/v1/invoices", nth=1)
+    faults.add(rate_limit_error("global-rate"), path=r"/v1/invoices/[^/]+/lines", nth=1)
+
+    with stamina.set_testing(True, attempts=4):
+        result = run_cli("sync", *sync_args(stripe_api.url, db_url, "invoices", "items"))
+
+    assert result.exit_code == 0, result.output
+    assert payloads(engine, "invoice_items") == {item["id"]: item for item in made[INVOICE_ITEMS]}
+    assert set(payloads(engine, "invoices")) == {invoice["id"] for invoice in made[INVOICES]}
+    statuses = [entry.status for entry in stripe_api.server.log.entries]
+    assert statuses.count(429) == 3 and statuses.count(500) == 1
+
+
+def test_objects_that_change_between_pages_are_all_read(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
+    """While a sync pages, new objects are created (they land before the first page) and one is
+    deleted (it vanishes from the list): every object present throughout is read."""
+    made = populate(stripe_api.server.store, items=500, invoices=0)
+    stripe_api.server.clock.set(NOW)
+    deleted = made[INVOICE_ITEMS][10]["id"]
+
+    def change(store: Store) -> None:
+        store.put(INVOICE_ITEMS, objects.invoice_item(date=NOW - 1))
+        if store.account().collections[INVOICE_ITEMS].get(deleted) is not None:
+            store.delete(INVOICE_ITEMS, deleted)
+
+    stripe_api.server.faults.add(Mutate(change), path="/v1/invoiceitems", nth=(2, 3))
+    result = run_cli("sync", *sync_args(stripe_api.url, db_url, "items", "--threads", "1"))
+
+    assert result.exit_code == 0, result.output
+    mirrored = payloads(engine, "invoice_items")
+    assert {item["id"] for item in made[INVOICE_ITEMS]} - {deleted} <= set(mirrored)
+
+
+def test_a_connect_account_is_synced_on_its_own(stripe_api: RunningServer, db_url: str, engine: Engine) -> None:
+    store = stripe_api.server.store
+    store.add_account("acct_connected")
+    theirs = store.put(INVOICE_ITEMS, objects.invoice_item(date=T0), account="acct_connected")
+    store.put(INVOICE_ITEMS, objects.invoice_item(date=T0))
+    stripe_api.server.clock.set(NOW)
+
+    result = run_cli("sync", *sync_args(stripe_api.url, db_url, "items", "--stripe-account", "acct_connected"))
+
+    assert result.exit_code == 0, result.output
+    assert set(payloads(engine, "invoice_items")) == {theirs["id"]}
+    assert {row["account"] for row in rows(engine, "sync_state")} == {"acct_connected"}
+    snapshot = next(row for row in rows(engine, "stripe_events") if row["type"] == "snapshot.invoiceitem")
+    assert snapshot["account"] == "acct_connected"
+
+
+def test_the_limiter_keeps_the_sync_under_max_rps(stripe_api: RunningServer, db_url: str) -> None:
+    populate(stripe_api.server.store, items=2000, invoices=0)
+    stripe_api.server.clock.set(NOW)
+    args = sync_args(stripe_api.url, db_url, "items", "--threads", "8")
+    args[args.index("--max-rps") + 1] = "20"
+    args[args.index("--max-endpoint-rps") + 1] = "20"
+
+    assert run_cli("sync", *args).exit_code == 0
+
+    arrivals = [entry.monotonic for entry in stripe_api.server.log.matching("/v1/invoiceitems")]
+    assert len(arrivals) >= 20
+    slack = 0.02
+    for index in range(len(arrivals) - 20):
+        assert arrivals[index + 20] - arrivals[index] >= 1 - slack, "more than 20 requests in a second"
+
+
+@pytest.mark.parametrize("resource", ["nothing", "events,items"])
+def test_unknown_or_mixed_resources_are_refused(stripe_api: RunningServer, db_url: str, resource: str) -> None:
+    from click.testing import CliRunner
+
+    from app.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["sync", *resource.split(","), *sync_args(stripe_api.url, db_url)])
+    assert result.exit_code == 2
+    assert "Unknown resource" in result.output or "sync of its own" in result.output
