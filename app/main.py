@@ -71,15 +71,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.warning(HOW_TO_OPEN)
         engine = make_engine(resolved.database_url)
         read_engine = make_engine(resolved.database_url, for_writing=False)
+        background = None
+        if resolved.stripe_api_key:  # stripe-python and friends load only for a receiver that syncs
+            from app.sync.background import BackgroundSync
+
+            background = BackgroundSync(resolved, engine)
         try:
             async with committer_for(resolved, engine) as committer:
                 app.state.engine = engine
                 app.state.read_engine = read_engine
                 app.state.committer = committer
+                app.state.background_sync = background
                 thresholds = _collect_garbage_less_often()
+                if background is not None:
+                    background.start()
                 try:
                     yield  # leaving the block, the committer answers every event already received
                 finally:
+                    if background is not None:
+                        background.stop()
                     gc.set_threshold(*thresholds)
         finally:
             engine.dispose()

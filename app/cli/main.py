@@ -9,7 +9,7 @@ import click
 from app.cli.backfill import backfill
 from app.cli.options import database_url_option
 from app.cli.read import register as register_query_commands
-from app.settings import ConfigurationError, Settings
+from app.settings import HOW_TO_SET_API_KEY, ConfigurationError, Settings
 
 
 @click.group()
@@ -39,6 +39,15 @@ def migrate(database_url: str | None) -> None:
 @click.option("--tolerance", type=int, help="Allowed signature age in seconds (default 300).")
 @click.option("--max-body-bytes", type=int, help="Largest accepted body (default 1 MiB).")
 @click.option("--no-migrate", is_flag=True, help="Do not run migrations before serving.")
+@click.option(
+    "--catch-up-every",
+    help="With STRIPE_API_KEY: catch up from Stripe's Events API this often (e.g. 5m); or"
+    " BILLING_MIRROR_CATCH_UP_EVERY. One receiver at a time.",
+)
+@click.option(
+    "--refresh-every",
+    help="With STRIPE_API_KEY: read again what the mirror knows is out of date this often (default 60s).",
+)
 def serve(
     host: str,
     port: int,
@@ -48,6 +57,8 @@ def serve(
     tolerance: int | None,
     max_body_bytes: int | None,
     no_migrate: bool,
+    catch_up_every: str | None,
+    refresh_every: str | None,
 ) -> None:
     """Run the webhook receiver (and read API) with uvicorn."""
     import os
@@ -60,8 +71,12 @@ def serve(
             webhook_secrets=tuple(secrets) or None,
             tolerance_seconds=tolerance,
             max_body_bytes=max_body_bytes,
+            catch_up_seconds=catch_up_every,
+            refresh_seconds=refresh_every,
         )
         settings.require_secrets()
+        if settings.catch_up_seconds and not settings.stripe_api_key:
+            raise ConfigurationError(f"--catch-up-every reads Stripe's Events API. {HOW_TO_SET_API_KEY}")
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     if not no_migrate:
@@ -73,6 +88,9 @@ def serve(
     os.environ["STRIPE_WEBHOOK_SECRET"] = ",".join(settings.webhook_secrets)
     os.environ["STRIPE_WEBHOOK_TOLERANCE"] = str(settings.tolerance_seconds)
     os.environ["MAX_BODY_BYTES"] = str(settings.max_body_bytes)
+    if settings.catch_up_seconds:
+        os.environ["BILLING_MIRROR_CATCH_UP_EVERY"] = str(settings.catch_up_seconds)
+    os.environ["BILLING_MIRROR_REFRESH_EVERY"] = str(settings.refresh_seconds)
     click.echo(f"billing-mirror listening on http://{host}:{port}/webhooks/stripe", err=True)
     uvicorn.run(
         "app.main:create_app",
@@ -87,13 +105,14 @@ def serve(
 
 from app.cli.events import events  # noqa: E402
 from app.cli.replay import replay  # noqa: E402
-from app.cli.sync import sync  # noqa: E402
+from app.cli.sync import reconcile, sync  # noqa: E402
 
 cli.add_command(replay)
 cli.add_command(events)
 register_query_commands(cli)  # payments / items: list and get
 cli.add_command(backfill)
 cli.add_command(sync)
+cli.add_command(reconcile)
 
 
 def main() -> None:

@@ -105,6 +105,18 @@ def _connected(options: dict[str, Any]) -> Iterator[tuple[Settings, Any, Engine]
         engine.dispose()
 
 
+@contextmanager
+def _only_one(kind: str, settings: Settings, engine: Engine) -> Iterator[None]:
+    """The lock of this kind of sync for the account (shared with receivers), or a clear refusal."""
+    from app.sync.background import exclusive, lock_name
+
+    with exclusive(engine, settings.database_url, lock_name(kind, settings.stripe_account)) as held:
+        if not held:
+            account = settings.stripe_account or "the account of the key"
+            raise click.ClickException(f"another {kind} of {account} is running on this database; try later")
+        yield
+
+
 @click.command("sync")
 @click.argument("resources", nargs=-1)
 @stripe_options
@@ -142,6 +154,7 @@ def sync(
         raise click.UsageError(str(exc)) from None
     with (
         _connected(options) as (settings, reader, engine),
+        _only_one("sync", settings, engine),
         SyncDisplay(reader) as display,
         event_store_for(engine, settings.database_url) as store,
     ):
@@ -284,7 +297,7 @@ def _catch_up(since: int | None, overlap_text: str, as_json: bool, options: dict
         overlap = parse_duration(overlap_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--overlap") from None
-    with _connected(options) as (_settings, reader, engine):
+    with _connected(options) as (settings, reader, engine), _only_one("catch-up", settings, engine):
         report = catch_up(
             reader, engine, EventStore(engine), since=since, overlap=overlap, threads=options["threads"]
         )
@@ -315,3 +328,56 @@ def _catch_up(since: int | None, overlap_text: str, as_json: bool, options: dict
 
 def _when(seconds: int | None) -> str:
     return "the start" if seconds is None else format_time(seconds, zulu=True)
+
+
+SHOWN_DIFFERENCES = 50
+
+
+@click.command("reconcile")
+@click.argument("resources", nargs=-1)
+@stripe_options
+@click.option("--fix", is_flag=True, help="Apply Stripe's current snapshot of every object that differs.")
+@click.option(
+    "--since", callback=unix_seconds, help="Only objects created from this time (unix seconds or ISO 8601)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reconcile(
+    resources: tuple[str, ...], fix: bool, since: int | None, as_json: bool, **options: Any
+) -> None:
+    """Compare the mirror with Stripe object by object (RESOURCE as for sync; all by default): objects
+    missing from the mirror, extra in it, or different. Exits 1 when something differs (with --fix:
+    when something differs that could not be fixed)."""
+    from app.ingest.store import EventStore
+    from app.sync.reconcile import Reconcile
+    from app.sync.resources import resolve
+
+    try:
+        chosen = resolve(list(resources))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with _connected(options) as (_settings, reader, engine):
+        checker = Reconcile(
+            reader, engine, EventStore(engine), fix=fix, threads=options["threads"], since=since
+        )
+        report = checker.run(chosen)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        for check in report.checks:
+            fixed = sum(1 for difference in check.differences if difference.fixed)
+            click.echo(
+                f"{check.resource}: {check.in_stripe:,} in Stripe, {check.in_mirror:,} in the mirror;"
+                f" {check.count('missing'):,} missing, {check.count('extra'):,} extra,"
+                f" {check.count('different'):,} different" + (f", {fixed:,} fixed" if fix else "")
+            )
+            for difference in check.differences[:SHOWN_DIFFERENCES]:
+                fields = f" ({', '.join(difference.fields)})" if difference.fields else ""
+                note = f": {difference.note}" if difference.note else ""
+                state = " [fixed]" if difference.fixed else ""
+                click.echo(f"  {difference.kind} {difference.object_id}{fields}{note}{state}")
+            if len(check.differences) > SHOWN_DIFFERENCES:
+                click.echo(
+                    f"  ... and {len(check.differences) - SHOWN_DIFFERENCES:,} more (--json lists all)"
+                )
+    if report.drift:
+        sys.exit(EXIT_DRIFT)

@@ -104,7 +104,7 @@ class EventStore:
             yield self.ingest(events, keep_order=True)
 
     def ingest_planned_in_order(
-        self, batches: Iterable[Sequence[PlannedEvent]], *, in_flight_events: int = 0
+        self, batches: Iterable[Sequence[PlannedEvent]], *, in_flight_events: int | None = None
     ) -> Iterator[Results]:
         """``ingest_in_order`` for events already planned (their ``after`` writes set by the caller);
         each batch is committed before the next is read (nothing is in flight)."""
@@ -151,10 +151,12 @@ class WriterProcessStore:
         return self.ingest_planned_in_order(self.plan(events) for events in batches)
 
     def ingest_planned_in_order(
-        self, batches: Iterable[Sequence[PlannedEvent]], *, in_flight_events: int = IN_FLIGHT_EVENTS
+        self, batches: Iterable[Sequence[PlannedEvent]], *, in_flight_events: int | None = None
     ) -> Iterator[Results]:
         """``ingest_in_order`` for events already planned (their ``after`` writes set by the caller);
-        ``in_flight_events`` bounds how many wait for their answers."""
+        ``in_flight_events`` (IN_FLIGHT_EVENTS by default) bounds how many wait for their answers."""
+        if in_flight_events is None:
+            in_flight_events = IN_FLIGHT_EVENTS
         in_flight: deque[tuple[Future[Results], int]] = deque()
         waiting = 0
         for planned in batches:

@@ -36,8 +36,8 @@ from app.mirror.outcome import Outcome
 from app.mirror.snapshots import snapshot_event
 from app.mirror.upsert import table_of
 from app.sync.checkpoints import Checkpoints, Window, page_checkpoint
-from app.sync.fetch import ListPage, StripeReader
-from app.sync.resources import INVOICE_PAYMENTS, INVOICES, LINES_ENDPOINT, Resource
+from app.sync.fetch import ListPage, StripeReader, complete_invoice
+from app.sync.resources import INVOICE_PAYMENTS, INVOICES, Resource
 
 Results = list[IngestResult | DatabaseUnavailable]
 DEFAULT_THREADS = 8
@@ -297,7 +297,7 @@ class Backfill:
         page = self.reader.page(resource.path, params, window.cursor, endpoint=resource.path)
         if resource is INVOICES:
             for invoice in page.objects:
-                self._complete_invoice(invoice)
+                complete_invoice(self.reader, invoice)
         new_windows = self._advance(window, resource, page, scheduler)
         event = self._snapshot(resource, page, resource.path)
         return _Fetched(
@@ -333,25 +333,6 @@ class Backfill:
         window.done = True
         return split(resource.name, low, oldest + 1, max(created) - oldest + 1, min(idle + 1, MAX_SPLIT))
 
-    def _complete_invoice(self, invoice: dict[str, Any]) -> None:
-        """Every line (and payment) of an invoice whose embedded list is only the first page."""
-        lines = invoice.get("lines")
-        invoice_id = invoice.get("id")
-        if isinstance(lines, dict) and lines.get("has_more") and isinstance(invoice_id, str):
-            path = f"/v1/invoices/{invoice_id}/lines"
-            every = [obj for page in self.reader.pages(path, endpoint=LINES_ENDPOINT) for obj in page.objects]
-            invoice["lines"] = {**lines, "data": every, "has_more": False}
-        payments = invoice.get("payments")
-        if isinstance(payments, dict) and payments.get("has_more") and isinstance(invoice_id, str):
-            listed = self.reader.pages(
-                INVOICE_PAYMENTS.path, {"invoice": invoice_id}, endpoint=INVOICE_PAYMENTS.path
-            )
-            invoice["payments"] = {
-                **payments,
-                "data": [obj for page in listed for obj in page.objects],
-                "has_more": False,
-            }
-
     def _snapshot(self, resource: Resource, page: ListPage, url: str) -> Event:
         return snapshot_event(
             resource.object_name,
@@ -382,7 +363,7 @@ class Backfill:
             if obj is None:
                 continue  # gone since: its deletion event (or a reconcile) says so
             if resource is INVOICES:
-                self._complete_invoice(obj)
+                complete_invoice(self.reader, obj)
             event = self._snapshot(resource, ListPage([obj], False, fetched_at, request_id), resource.path)
             for results in self.store.ingest_planned_in_order([self.store.plan([event])]):
                 if any(isinstance(result, DatabaseUnavailable) for result in results):

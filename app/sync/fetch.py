@@ -16,7 +16,7 @@ import json
 import math
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -237,6 +237,29 @@ def created_windows(start: int, end: int, count: int) -> list[Window]:
     return [Window(low, high) for low, high in itertools.pairwise(bounds)][::-1]
 
 
+INVOICE_LINES_ENDPOINT = "/v1/invoices/{id}/lines"
+INVOICE_PAYMENTS_PATH = "/v1/invoice_payments"
+
+
+def complete_invoice(reader: StripeReader, invoice: dict[str, Any]) -> None:
+    """Every line (and, when expanded, every payment) of an invoice whose embedded list is only the
+    first page: the rest from ``/v1/invoices/{id}/lines`` (100 at a time, not the SDK's 10) and
+    ``/v1/invoice_payments?invoice=``. The lists then say ``has_more: false``."""
+    invoice_id = invoice.get("id")
+    if not isinstance(invoice_id, str):
+        return
+    lines = invoice.get("lines")
+    if isinstance(lines, dict) and lines.get("has_more"):
+        path = f"/v1/invoices/{invoice_id}/lines"
+        every = [obj for page in reader.pages(path, endpoint=INVOICE_LINES_ENDPOINT) for obj in page.objects]
+        invoice["lines"] = {**lines, "data": every, "has_more": False}
+    payments = invoice.get("payments")
+    if isinstance(payments, dict) and payments.get("has_more"):
+        listed = reader.pages(INVOICE_PAYMENTS_PATH, {"invoice": invoice_id}, endpoint=INVOICE_PAYMENTS_PATH)
+        every = [obj for page in listed for obj in page.objects]
+        invoice["payments"] = {**payments, "data": every, "has_more": False}
+
+
 K = TypeVar("K")
 
 
@@ -247,11 +270,13 @@ def fetch_chains(
     *,
     threads: int = 4,
     endpoint: str | None = None,
+    prepare: Callable[[ListPage], None] | None = None,
 ) -> Iterator[tuple[K, ListPage | None]]:
     """Every page of several chains of one list (each its own filters, paged with its own cursor),
     chains fetched in parallel (the limiter keeps the total rate), in the order given as far as
     threads allow: ``(key, page)`` as pages arrive, then ``(key, None)`` once a chain is complete,
-    so the caller can checkpoint it. At most a few pages per thread wait in memory."""
+    so the caller can checkpoint it. ``prepare`` runs on each page in its fetch thread (e.g. to
+    complete invoices). At most a few pages per thread wait in memory."""
     arrived: queue.Queue[tuple[K, ListPage | None] | BaseException] = queue.Queue(maxsize=2 * threads)
     stop = threading.Event()
 
@@ -260,6 +285,8 @@ def fetch_chains(
             for page in reader.pages(path, params, endpoint=endpoint):
                 if stop.is_set():
                     return
+                if prepare is not None:
+                    prepare(page)
                 arrived.put((key, page))
             arrived.put((key, None))
         except BaseException as exc:  # handed to the caller, who stops the others

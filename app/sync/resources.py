@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import Table, exists
 from sqlmodel import SQLModel
 
 from app.db.models import (
@@ -13,7 +15,9 @@ from app.db.models import (
     InvoiceItem,
     InvoicePayment,
     InvoiceRenderingTemplate,
+    StripeEvent,
 )
+from app.mirror.upsert import table_of
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,6 @@ TEMPLATES = Resource(
 # The order a full sync takes them in (small lists first; they all run at once).
 RESOURCES: tuple[Resource, ...] = (METERS, ALERTS, TEMPLATES, INVOICE_PAYMENTS, INVOICE_ITEMS, INVOICES)
 BY_NAME = {name: resource for resource in RESOURCES for name in (resource.name, *resource.aliases)}
-LINES_ENDPOINT = "/v1/invoices/{id}/lines"
 
 
 def resolve(names: tuple[str, ...] | list[str]) -> list[Resource]:
@@ -90,3 +93,12 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[Resource]:
         raise ValueError(f"Unknown resource {unknown[0]!r}: choose among {known}")
     chosen = {BY_NAME[name] for name in names}
     return [resource for resource in RESOURCES if resource in chosen]
+
+
+def written_for_account(table: Table, account: str | None) -> Any:
+    """A condition on mirrored rows: the event that last wrote the row came from ``account`` (None:
+    the account of the key). One mirror may hold several Connect accounts; rows carry no account of
+    their own, the event that wrote them does."""
+    events = table_of(StripeEvent)
+    owner = events.c.account.is_(None) if account is None else events.c.account == account
+    return exists().where(events.c.id == table.c.last_event_id, owner)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from app.cli.main import cli
 from app.cli.read import PAYMENT_COLUMNS, print_objects, print_record
 from app.mirror.envelope import parse_event
-from app.recording.backfill import backfill_templates, read_list, run_in_transaction
+from app.recording.backfill import backfill_templates, read_list
 from tests.support import (
     EVENT_FIXTURES,
     INVOICE_A,
@@ -176,7 +176,7 @@ def billing_mirror(engine: Engine) -> None:
     )
     ingest_each(engine, *events)
     templates = read_list(fixture_path("invoice_rendering_templates.list.json")).data
-    run_in_transaction(engine, lambda session: backfill_templates(session, templates))
+    backfill_templates(engine, templates)
 
 
 def run_ok(db_url: str, *args: str) -> Result:

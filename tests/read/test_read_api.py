@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from app.json_text import json_text
 from app.main import create_app
 from app.mirror.envelope import parse_event
-from app.recording.backfill import backfill_lines, backfill_templates, read_list, run_in_transaction
+from app.recording.backfill import backfill_lines, backfill_templates, read_list
 from app.settings import Settings
 from tests.support import (
     API_KEY,
@@ -362,7 +362,7 @@ def recorded_mirror(engine: Engine) -> dict[str, dict[str, Any]]:
     other["lines"] = {"object": "list", "data": [], "has_more": False, "url": f"/v1/invoices/{OTHER}/lines"}
     events.append(make_event("invoice.finalized", other, created=T0 + 2100))
     ingest_each(engine, *events)
-    run_in_transaction(engine, lambda session: backfill_templates(session, read_list(TEMPLATES).data))
+    backfill_templates(engine, read_list(TEMPLATES).data)
     newest: dict[str, dict[str, Any]] = {}
     for event in events:
         obj = event.get("data", {}).get("object", {})
@@ -444,12 +444,7 @@ def test_lines_in_the_invoice_order(api: TestClient, recorded_mirror: dict[str, 
 def test_lines_page_through_the_invoice_order(
     api: TestClient, engine: Engine, recorded_mirror: dict[str, Any]
 ) -> None:
-    run_in_transaction(
-        engine,
-        lambda session: backfill_lines(
-            session, INVOICE_G, read_list(fixture_path("invoice_lines.in_G.json"))
-        ),
-    )
+    backfill_lines(engine, INVOICE_G, read_list(fixture_path("invoice_lines.in_G.json")))
     expected = [
         line["id"] for line in json.loads(fixture_path("invoice_lines.in_G.json").read_text())["data"]
     ]

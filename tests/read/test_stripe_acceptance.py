@@ -14,7 +14,7 @@ import stripe
 from sqlalchemy import Engine
 
 from app.mirror.envelope import parse_event
-from app.recording.backfill import backfill_templates, read_list, run_in_transaction
+from app.recording.backfill import backfill_templates, read_list
 from tests.support import (
     API_KEY,
     EVENT_FIXTURES,
@@ -155,7 +155,7 @@ def billing_client(live_server: Callable[..., LiveServer], engine: Engine) -> st
     )
     deliver(server, events)
     templates = read_list(fixture_path("invoice_rendering_templates.list.json")).data
-    run_in_transaction(engine, lambda session: backfill_templates(session, templates))
+    backfill_templates(engine, templates)
     return stripe.StripeClient(API_KEY, base_addresses={"api": server.url}, max_network_retries=0)
 
 

@@ -5,13 +5,15 @@ parallel, checkpoints, resuming, and the rate limit."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import stamina
 from sqlalchemy import Engine
 
-from app.testing.dump import rows
+from app.db.engine import make_engine
+from app.testing.dump import dump, rows
 from tests.stripe_server import objects
 from tests.stripe_server.faults import Mutate, api_error, rate_limit_error
 from tests.stripe_server.runner import RunningServer
@@ -24,7 +26,7 @@ from tests.stripe_server.store import (
     TEMPLATES,
     Store,
 )
-from tests.support import T0, one, payloads, run_cli, sync_args
+from tests.support import T0, copy_sqlite, one, payloads, run_cli, sync_args
 
 NOW = T0 + 86_400 * 40
 
@@ -46,7 +48,9 @@ def populate(store: Store, *, items: int = 450, invoices: int = 60) -> dict[str,
                 payment = objects.invoice_payment(created=T0 + 5 * number + offset, invoice=invoice["id"])
                 made[INVOICE_PAYMENTS].append(store.put(INVOICE_PAYMENTS, payment))
     meters = [store.put(METERS, objects.meter(created=T0 + number)) for number in range(3)]
-    made[ALERTS] = [store.put(ALERTS, objects.alert(meter_id=meters[0]["id"]), created=T0 + n) for n in range(2)]
+    made[ALERTS] = [
+        store.put(ALERTS, objects.alert(meter_id=meters[0]["id"]), created=T0 + n) for n in range(2)
+    ]
     made[TEMPLATES] = [store.put(TEMPLATES, objects.rendering_template(created=T0 + n)) for n in range(2)]
     made[METERS] = meters
     return made
@@ -69,7 +73,9 @@ def assert_mirrors(engine: Engine, made: dict[str, list[dict[str, Any]]]) -> Non
         }
         assert stored["lines"]["has_more"] is False
         expected = [line["id"] for line in invoice["lines"]["data"]]
-        mine = sorted((row for row in lines if row["invoice"] == invoice["id"]), key=lambda row: row["position"])
+        mine = sorted(
+            (row for row in lines if row["invoice"] == invoice["id"]), key=lambda row: row["position"]
+        )
         assert [row["id"] for row in mine] == expected
         assert one(engine, "invoices", id=invoice["id"])["lines_incomplete"] is False
 
@@ -95,10 +101,21 @@ def test_sync_reads_every_object_once_as_stripe_sent_it(
     assert all(window["done"] for window in rows(engine, "sync_windows"))
     # Lines past the first page came from the lines endpoint, 100 at a time, for those invoices only.
     lines_requests = stripe_api.server.log.matching(r"/v1/invoices/[^/]+/lines")
-    assert len(lines_requests) == 6 and {entry.params["limit"] for entry in lines_requests if entry.params} == {"100"}
+    assert len(lines_requests) == 6 and {
+        entry.params["limit"] for entry in lines_requests if entry.params
+    } == {"100"}
     # Items were read in parallel windows, and not much more than once.
     item_requests = stripe_api.server.log.matching("/v1/invoiceitems")
-    assert len({json.dumps(entry.params.get("created"), sort_keys=True) for entry in item_requests if entry.params}) > 1
+    assert (
+        len(
+            {
+                json.dumps(entry.params.get("created"), sort_keys=True)
+                for entry in item_requests
+                if entry.params
+            }
+        )
+        > 1
+    )
     assert state["invoiceitems"]["objects"] <= 450 + 100 * len(item_requests) // 4
 
 
@@ -191,14 +208,18 @@ def test_objects_that_change_between_pages_are_all_read(
     assert {item["id"] for item in made[INVOICE_ITEMS]} - {deleted} <= set(mirrored)
 
 
-def test_a_connect_account_is_synced_on_its_own(stripe_api: RunningServer, db_url: str, engine: Engine) -> None:
+def test_a_connect_account_is_synced_on_its_own(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
     store = stripe_api.server.store
     store.add_account("acct_connected")
     theirs = store.put(INVOICE_ITEMS, objects.invoice_item(date=T0), account="acct_connected")
     store.put(INVOICE_ITEMS, objects.invoice_item(date=T0))
     stripe_api.server.clock.set(NOW)
 
-    result = run_cli("sync", *sync_args(stripe_api.url, db_url, "items", "--stripe-account", "acct_connected"))
+    result = run_cli(
+        "sync", *sync_args(stripe_api.url, db_url, "items", "--stripe-account", "acct_connected")
+    )
 
     assert result.exit_code == 0, result.output
     assert set(payloads(engine, "invoice_items")) == {theirs["id"]}
@@ -224,7 +245,9 @@ def test_the_limiter_keeps_the_sync_under_max_rps(stripe_api: RunningServer, db_
 
 
 @pytest.mark.parametrize("resource", ["nothing", "events,items"])
-def test_unknown_or_mixed_resources_are_refused(stripe_api: RunningServer, db_url: str, resource: str) -> None:
+def test_unknown_or_mixed_resources_are_refused(
+    stripe_api: RunningServer, db_url: str, resource: str
+) -> None:
     from click.testing import CliRunner
 
     from app.cli.main import cli
@@ -232,3 +255,53 @@ def test_unknown_or_mixed_resources_are_refused(stripe_api: RunningServer, db_ur
     result = CliRunner().invoke(cli, ["sync", *resource.split(","), *sync_args(stripe_api.url, db_url)])
     assert result.exit_code == 2
     assert "Unknown resource" in result.output or "sync of its own" in result.output
+
+
+def test_the_exported_log_rebuilds_a_synced_mirror(
+    stripe_api: RunningServer, db_url: str, engine: Engine, tmp_path: Path, sqlite_template: Path
+) -> None:
+    """Fetched pages are events in the log: export, then replay into an empty database, gives the
+    same mirror (lines past the first page included)."""
+    populate(stripe_api.server.store, items=150, invoices=12)
+    stripe_api.server.clock.set(NOW)
+    assert run_cli("sync", *sync_args(stripe_api.url, db_url)).exit_code == 0
+    exported = run_cli("events", "export", "--database-url", db_url)
+    recording = tmp_path / "log.jsonl"
+    recording.write_text(exported.stdout)
+
+    rebuilt_url = copy_sqlite(sqlite_template, tmp_path / "rebuilt.db")
+    replayed = run_cli("replay", str(recording), "--direct", "--no-migrate", "--database-url", rebuilt_url)
+
+    assert replayed.exit_code == 0, replayed.output
+    rebuilt = make_engine(rebuilt_url)
+    try:
+        assert dump(rebuilt) == dump(engine)
+        assert len(rows(rebuilt, "invoice_line_items")) == 2 * 23 + 10 * 2  # every line of 12 invoices
+    finally:
+        rebuilt.dispose()
+
+
+def test_the_progress_display_shows_objects_rates_and_an_estimate(
+    stripe_api: RunningServer, db_url: str
+) -> None:
+    from rich.console import Console
+
+    from app.cli.sync import SyncDisplay
+    from app.sync.backfill import Progress
+    from app.sync.resources import INVOICE_ITEMS as ITEMS_RESOURCE
+    from app.sync.resources import METERS as METERS_RESOURCE
+
+    class Reader:
+        requests = 120
+
+    display = SyncDisplay(Reader(), enabled=False)
+    items = Progress(ITEMS_RESOURCE, objects=5000, pages=50, windows_open=3, windows_done=9)
+    items.covered, items.remaining = 1000, 1000  # half the range read: as much again to go
+    meters = Progress(METERS_RESOURCE, objects=4, pages=1, finished=True)
+    console = Console(record=True, width=140)
+    console.print(display._table([items, meters]))
+    text = console.export_text()
+    assert "invoiceitems" in text and "5,000" in text and "9/3" in text
+    assert "requests" in text and "meters" in text and "done" in text
+    estimate = items.estimate_seconds(elapsed=10.0)
+    assert estimate is not None and 9.0 <= estimate <= 11.0  # 5,000 more at 500/s
