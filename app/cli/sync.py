@@ -72,8 +72,10 @@ def stripe_options(command: F) -> F:
 @contextmanager
 def _connected(options: dict[str, Any]) -> Iterator[tuple[Settings, Any, Engine]]:
     """Settings, a StripeReader and the mirror's engine, from the options and the environment."""
+    import stripe
+
     from app.db.engine import make_engine
-    from app.sync.fetch import StripeApi, StripeReader
+    from app.sync.fetch import FetchError, StripeApi, StripeReader
 
     try:
         settings = Settings.from_env(
@@ -101,6 +103,11 @@ def _connected(options: dict[str, Any]) -> Iterator[tuple[Settings, Any, Engine]
     engine = make_engine(settings.database_url)
     try:
         yield settings, StripeReader(api), engine
+    except (stripe.StripeError, FetchError) as exc:
+        # What Stripe (or the network) answered, once retries gave up: said plainly, no traceback.
+        status = getattr(exc, "http_status", None)
+        answered = f" ({status})" if status else ""
+        raise click.ClickException(f"Stripe's API answered{answered}: {type(exc).__name__}: {exc}") from None
     finally:
         engine.dispose()
 

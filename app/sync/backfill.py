@@ -33,11 +33,10 @@ from app.db.models import StripeEvent
 from app.ingest.apply import DatabaseUnavailable, IngestResult, PlannedEvent
 from app.mirror.envelope import Event, EventSource
 from app.mirror.outcome import Outcome
-from app.mirror.snapshots import snapshot_event
 from app.mirror.upsert import table_of
 from app.sync.checkpoints import Checkpoints, Window, page_checkpoint
 from app.sync.fetch import ListPage, StripeReader, complete_invoice
-from app.sync.resources import INVOICE_PAYMENTS, INVOICES, Resource
+from app.sync.resources import INVOICE_PAYMENTS, INVOICES, Resource, fetched_snapshot
 
 Results = list[IngestResult | DatabaseUnavailable]
 DEFAULT_THREADS = 8
@@ -160,7 +159,6 @@ class Backfill:
         self.account = reader.api.stripe_account
         self.checkpoints = Checkpoints(engine, self.account)
         self.dialect: Dialect = engine.dialect
-        self.livemode = reader.api.api_key.startswith(("sk_live_", "rk_live_"))
         self.progress: dict[str, Progress] = {}
         self._expand_payments = False
         self._stop = threading.Event()
@@ -299,7 +297,7 @@ class Backfill:
             for invoice in page.objects:
                 complete_invoice(self.reader, invoice)
         new_windows = self._advance(window, resource, page, scheduler)
-        event = self._snapshot(resource, page, resource.path)
+        event = self._snapshot(resource, page)
         return _Fetched(
             resource,
             event,
@@ -333,17 +331,14 @@ class Backfill:
         window.done = True
         return split(resource.name, low, oldest + 1, max(created) - oldest + 1, min(idle + 1, MAX_SPLIT))
 
-    def _snapshot(self, resource: Resource, page: ListPage, url: str) -> Event:
-        return snapshot_event(
-            resource.object_name,
+    def _snapshot(self, resource: Resource, page: ListPage) -> Event:
+        return fetched_snapshot(
+            self.reader.api,
+            resource,
             page.objects,
             fetched_at=page.fetched_at,
-            url=url,
-            origin=self.origin,
-            api_version=self.reader.api.stripe_version,
-            livemode=self.livemode,
-            account=self.account,
             request_id=page.request_id,
+            origin=self.origin,
             has_more=page.has_more,
         )
 
@@ -364,7 +359,7 @@ class Backfill:
                 continue  # gone since: its deletion event (or a reconcile) says so
             if resource is INVOICES:
                 complete_invoice(self.reader, obj)
-            event = self._snapshot(resource, ListPage([obj], False, fetched_at, request_id), resource.path)
+            event = self._snapshot(resource, ListPage([obj], False, fetched_at, request_id))
             for results in self.store.ingest_planned_in_order([self.store.plan([event])]):
                 if any(isinstance(result, DatabaseUnavailable) for result in results):
                     raise SyncFailed(f"the database is unavailable: {results}")

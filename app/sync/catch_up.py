@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from app.db.models import StripeEvent
 from app.ingest.apply import DatabaseUnavailable, IngestResult
+from app.ingest.store import EventStore
 from app.json_text import json_text
 from app.mirror.dispatch import SNAPSHOT_HANDLERS
-from app.mirror.envelope import EnvelopeError, Event, EventSource, event_from_json
+from app.mirror.envelope import EnvelopeError, EventSource, event_from_json
 from app.mirror.outcome import Outcome
 from app.mirror.upsert import table_of
 from app.sync.checkpoints import Checkpoints
@@ -52,12 +53,6 @@ def type_filters(types: Sequence[str]) -> list[dict[str, Any]]:
 
 
 MIRRORED_TYPE_FILTERS = type_filters(sorted(SNAPSHOT_HANDLERS))
-
-
-class Ingesting(Protocol):
-    def ingest(
-        self, events: Sequence[Event], *, keep_order: bool = False
-    ) -> list[IngestResult | DatabaseUnavailable]: ...
 
 
 @dataclass
@@ -131,7 +126,7 @@ def start_of_catch_up(
 def catch_up(
     reader: StripeReader,
     engine: Engine,
-    store: Ingesting,
+    store: EventStore,
     *,
     since: int | None = None,
     overlap: int = DEFAULT_OVERLAP_SECONDS,

@@ -20,31 +20,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine, select
 
 from app.db.models import InvoiceLineItem
-from app.ingest.apply import DatabaseUnavailable, IngestResult
-from app.mirror.envelope import Event, EventSource
+from app.ingest.apply import IngestResult
+from app.ingest.store import EventStore
+from app.mirror.envelope import EventSource
 from app.mirror.outcome import Outcome
-from app.mirror.snapshots import snapshot_event
 from app.mirror.upsert import table_of
 from app.sync.fetch import ListPage, StripeReader, complete_invoice, fetch_chains
-from app.sync.resources import INVOICES, Resource, written_for_account
+from app.sync.resources import INVOICES, Resource, fetched_snapshot, written_for_account
 
 WINDOW_ROWS = 5_000  # mirror rows per compared window
 LINE_QUERY_CHUNK = 500
 # Fields not compared: includable lists that a list or a webhook may carry or not (lines are compared
 # one by one, from the mirror's line rows).
 NOT_COMPARED = {"invoice": frozenset({"lines", "payments"})}
-
-
-class Ingesting(Protocol):
-    def ingest(
-        self, events: Sequence[Event], *, keep_order: bool = False
-    ) -> list[IngestResult | DatabaseUnavailable]: ...
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,7 @@ class Reconcile:
         self,
         reader: StripeReader,
         engine: Engine,
-        store: Ingesting,
+        store: EventStore,
         *,
         fix: bool = False,
         threads: int = 4,
@@ -157,7 +151,6 @@ class Reconcile:
         self.threads = threads
         self.since = since
         self.on_progress = on_progress
-        self.livemode = reader.api.api_key.startswith(("sk_live_", "rk_live_"))
 
     def run(self, resources: Sequence[Resource]) -> ReconcileReport:
         report = ReconcileReport()
@@ -339,16 +332,13 @@ class Reconcile:
             if not resource.tombstones:
                 return replace(found, note=f"{found.note}; the mirror keeps no tombstone for {resource.name}")
             obj = {"id": found.object_id, "object": resource.object_name, "deleted": True}
-        event = snapshot_event(
-            resource.object_name,
+        event = fetched_snapshot(
+            self.reader.api,
+            resource,
             [obj],
             fetched_at=fetched_at,
-            url=resource.path,
-            origin=EventSource.RECONCILE,
-            api_version=self.reader.api.stripe_version,
-            livemode=self.livemode,
-            account=self.reader.api.stripe_account,
             request_id=request_id,
+            origin=EventSource.RECONCILE,
         )
         [result] = self.store.ingest([event])
         applied = isinstance(result, IngestResult) and result.outcome == Outcome.APPLIED

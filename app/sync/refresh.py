@@ -15,28 +15,21 @@ tombstoned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Engine, or_, select
 
 from app.db.models import Invoice, InvoiceItem, InvoiceItemInvoice
-from app.ingest.apply import DatabaseUnavailable, IngestResult
-from app.mirror.envelope import Event, EventSource
+from app.ingest.apply import DatabaseUnavailable
+from app.ingest.store import EventStore
+from app.mirror.envelope import EventSource
 from app.mirror.outcome import Outcome
-from app.mirror.snapshots import snapshot_event
 from app.mirror.upsert import table_of
 from app.sync.fetch import StripeReader, complete_invoice
-from app.sync.resources import INVOICE_ITEMS, INVOICES, Resource, written_for_account
+from app.sync.resources import INVOICE_ITEMS, INVOICES, Resource, fetched_snapshot, written_for_account
 
 REFRESH_LIMIT = 100  # objects per round: the rest wait for the next one (the API budget is shared)
-
-
-class Ingesting(Protocol):
-    def ingest(
-        self, events: Sequence[Event], *, keep_order: bool = False
-    ) -> list[IngestResult | DatabaseUnavailable]: ...
 
 
 @dataclass
@@ -83,11 +76,10 @@ def out_of_date(
 
 
 def refresh(
-    reader: StripeReader, engine: Engine, store: Ingesting, *, limit: int = REFRESH_LIMIT
+    reader: StripeReader, engine: Engine, store: EventStore, *, limit: int = REFRESH_LIMIT
 ) -> RefreshReport:
     """Read the out-of-date objects again and apply them; what is left waits for the next round."""
     report = RefreshReport()
-    livemode = reader.api.api_key.startswith(("sk_live_", "rk_live_"))
     for resource, object_id in out_of_date(engine, reader.api.stripe_account, limit):
         obj, fetched_at, request_id = reader.retrieve(
             f"{resource.path}/{object_id}", endpoint=resource.retrieve_endpoint
@@ -100,16 +92,13 @@ def refresh(
             if resource is INVOICES:
                 complete_invoice(reader, obj)
             listed = obj
-        event = snapshot_event(
-            resource.object_name,
+        event = fetched_snapshot(
+            reader.api,
+            resource,
             [listed],
             fetched_at=fetched_at,
-            url=resource.path,
-            origin=EventSource.REFRESH,
-            api_version=reader.api.stripe_version,
-            livemode=livemode,
-            account=reader.api.stripe_account,
             request_id=request_id,
+            origin=EventSource.REFRESH,
         )
         [result] = store.ingest([event])
         if isinstance(result, DatabaseUnavailable) or result.outcome == Outcome.FAILED:

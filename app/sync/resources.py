@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,10 @@ from app.db.models import (
     InvoiceRenderingTemplate,
     StripeEvent,
 )
+from app.mirror.envelope import Event, EventSource
+from app.mirror.snapshots import snapshot_event
 from app.mirror.upsert import table_of
+from app.sync.fetch import StripeApi, is_live_key
 
 
 @dataclass(frozen=True)
@@ -102,3 +106,29 @@ def written_for_account(table: Table, account: str | None) -> Any:
     events = table_of(StripeEvent)
     owner = events.c.account.is_(None) if account is None else events.c.account == account
     return exists().where(events.c.id == table.c.last_event_id, owner)
+
+
+def fetched_snapshot(
+    api: StripeApi,
+    resource: Resource,
+    objects: Sequence[dict[str, Any]],
+    *,
+    fetched_at: int,
+    request_id: str | None,
+    origin: EventSource,
+    has_more: bool = False,
+) -> Event:
+    """The snapshot event of ``objects`` of ``resource`` as read through ``api`` (its account, version
+    and mode) at ``fetched_at``, Stripe's time."""
+    return snapshot_event(
+        resource.object_name,
+        objects,
+        fetched_at=fetched_at,
+        url=resource.path,
+        origin=origin,
+        api_version=api.stripe_version,
+        livemode=is_live_key(api.api_key),
+        account=api.stripe_account,
+        request_id=request_id,
+        has_more=has_more,
+    )

@@ -305,3 +305,30 @@ def test_the_progress_display_shows_objects_rates_and_an_estimate(
     assert "requests" in text and "meters" in text and "done" in text
     estimate = items.estimate_seconds(elapsed=10.0)
     assert estimate is not None and 9.0 <= estimate <= 11.0  # 5,000 more at 500/s
+
+
+def test_invoices_alone_come_with_their_payments(
+    stripe_api: RunningServer, db_url: str, engine: Engine
+) -> None:
+    """Without invoice_payments in the sync, invoices are read with expand[]=data.payments, and every
+    payment of an invoice with more than the embedded ones is read from the payments list."""
+    store = stripe_api.server.store
+    invoice = store.put(INVOICES, objects.invoice(created=T0, status="paid"))
+    payments = [
+        store.put(
+            INVOICE_PAYMENTS, objects.invoice_payment(created=T0 + n, invoice=invoice["id"], status="open")
+        )
+        for n in range(12)
+    ]
+    stripe_api.server.clock.set(NOW)
+
+    result = run_cli("sync", "invoices", *sync_args(stripe_api.url, db_url))
+
+    assert result.exit_code == 0, result.output
+    assert payloads(engine, "invoice_payments") == {payment["id"]: payment for payment in payments}
+    listed = stripe_api.server.log.matching("/v1/invoices")
+    assert all(entry.params and entry.params.get("expand") == ["data.payments"] for entry in listed)
+    by_invoice = stripe_api.server.log.matching("/v1/invoice_payments")
+    assert by_invoice and all(
+        entry.params and entry.params["invoice"] == invoice["id"] for entry in by_invoice
+    )

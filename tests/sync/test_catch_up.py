@@ -164,3 +164,12 @@ def test_a_connect_account_catches_up_its_own_events(
     assert {row["id"] for row in stored} == {event["id"] for event in theirs}
     assert {row["account"] for row in stored} == {"acct_connected"}
     assert {entry.account for entry in stripe_api.server.log.entries} == {"acct_connected"}
+
+
+def test_a_refusal_from_stripe_is_said_plainly(stripe_api: RunningServer, db_url: str) -> None:
+    stripe_api.server.clock.set(T0)
+    result = catch_up(stripe_api, db_url, "--stripe-account", "acct_unknown")
+    assert result.exit_code == 1
+    assert "Stripe's API answered (403): PermissionError" in result.output
+    assert "does not have access to account 'acct_unknown'" in result.output
+    assert "Traceback" not in result.output
