@@ -4,8 +4,8 @@ Everything that changes the mirror is in the event log, so that replaying the lo
 page of a Stripe list (or one retrieved object, as a list of one) becomes one event of type
 ``snapshot.<object>`` (``snapshot.invoice``, ``snapshot.invoiceitem``, ...), whose ``data.object`` is
 the list as Stripe sent it and whose ``created`` is Stripe's clock when it was read (the response's
-Date header). Its id is derived from its content, so the same page read twice in the same second is
-one event, and the envelope says where it came from (``origin``) and which request read it.
+Date header). Its id is the local time of the read and a hash of its content, and the envelope says
+where it came from (``origin``) and which request read it.
 
 ``snapshot.invoice_lines`` carries lines loaded from a file for one invoice, with the invoice
 version they are attributed to (``data.invoice`` and ``data.attributed_to``): lines fetched by sync
@@ -15,6 +15,7 @@ travel inside their invoice's snapshot instead (``lines.data`` complete, ``has_m
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,18 +59,22 @@ def snapshot_event(
     has_more: bool = False,
     data_extra: dict[str, Any] | None = None,
     event_type: str | None = None,
+    read_at_ns: int | None = None,
 ) -> Event:
     """The snapshot event of ``objects`` (as Stripe sent them), read at ``fetched_at`` (unix seconds,
-    Stripe's clock) from ``url``."""
+    Stripe's clock) from ``url``; ``read_at_ns`` is the local time of the read (now by default)."""
     kind = event_type or snapshot_type(object_name)
     listed = {"object": "list", "url": url, "has_more": has_more, "data": list(objects)}
     data_text = _text({"object": listed, **(data_extra or {})})
     account_text = _text(account)
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.blake2b(digest_size=12)
     for part in (kind, str(fetched_at), account_text, data_text):
         digest.update(part.encode())
         digest.update(b"\0")
-    event_id = SNAPSHOT_ID_PREFIX + digest.hexdigest()
+    # The local time of the read first: ids, the last key of a version, then order two reads of the
+    # same Stripe second as they were made (in one process), not by chance.
+    read = time.time_ns() if read_at_ns is None else read_at_ns
+    event_id = f"{SNAPSHOT_ID_PREFIX}{read:016x}{digest.hexdigest()}"
     # Assembled as text: the page was serialized once, above, and is not serialized again.
     head = {
         "id": event_id,

@@ -46,7 +46,7 @@ def write(tmp_path: Path, name: str, document: Any) -> str:
 def test_templates_command_fills_the_table(db_url: str, engine: Engine) -> None:
     result = run(db_url, "templates", str(TEMPLATES))
     assert result.exit_code == 0, result.output
-    assert re.search(r"2 templates read as event snap_[0-9a-f]{32}: applied", result.output), result.output
+    assert re.search(r"2 templates read as event snap_[0-9a-f]{40}: applied", result.output), result.output
     listed = json.loads(TEMPLATES.read_text())["data"]
     found = {row["id"]: row for row in rows(engine, "invoice_rendering_templates")}
     eu = found["inrtem_1SyJ10B7WZ01zgkWtplEU01"]
