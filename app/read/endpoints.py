@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine
@@ -19,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.read.auth import authenticate
 from app.read.errors import InvalidRequest, resource_missing
-from app.read.params import parse_list_request, parse_params, parse_query_string
+from app.read.params import Expand, parse_list_request, parse_params, parse_query_string
 from app.read.registry import NESTED_LISTS, RESOURCES
 from app.read.resource import NestedList, Resource
 from app.settings import Settings
@@ -69,18 +70,26 @@ def _guarded(handle: Callable[[Request, Engine], str]) -> SyncEndpoint:
 
 
 def list_endpoint(resource: Resource) -> SyncEndpoint:
+    schema = {**resource.filters, "expand": Expand(resource.list_expandable())}
+
     def handle(request: Request, engine: Engine) -> str:
-        wanted = parse_list_request(parse_query_string(request.url.query), resource.filters)
+        wanted = parse_list_request(parse_query_string(request.url.query), schema)
+        expand = frozenset(path.removeprefix("data.") for path in wanted.filters.get("expand", ()))
+        wanted = replace(wanted, filters={k: v for k, v in wanted.filters.items() if k != "expand"})
         with engine.connect() as connection:
             page = resource.list_page(connection, wanted)
+            if expand and resource.expand is not None:
+                page = replace(page, payloads=resource.expand(connection, page.payloads, expand))
         return page.list_json(resource.url)
 
     return _guarded(handle)
 
 
 def nested_list_endpoint(nested: NestedList) -> SyncEndpoint:
+    schema = {**nested.filters, "expand": Expand()}  # nothing to expand: any path is refused by name
+
     def handle(request: Request, engine: Engine) -> str:
-        wanted = parse_list_request(parse_query_string(request.url.query), nested.filters)
+        wanted = parse_list_request(parse_query_string(request.url.query), schema)
         parent_id: str = request.path_params["parent_id"]
         with engine.connect() as connection:
             page = nested.list_page(connection, parent_id, wanted)
@@ -90,11 +99,15 @@ def nested_list_endpoint(nested: NestedList) -> SyncEndpoint:
 
 
 def retrieve_endpoint(resource: Resource) -> SyncEndpoint:
+    schema = {"expand": Expand(resource.expandable)}
+
     def handle(request: Request, engine: Engine) -> str:
-        parse_params(parse_query_string(request.url.query), {})
+        expand = parse_params(parse_query_string(request.url.query), schema).get("expand", frozenset())
         object_id: str = request.path_params["object_id"]
         with engine.connect() as connection:
             found = resource.retrieve(connection, object_id)
+            if found is not None and expand and resource.expand is not None:
+                [found] = resource.expand(connection, [found], expand)
         if found is None:
             raise resource_missing(resource.object_name, object_id, param="id", status=404)
         return found

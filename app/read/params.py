@@ -15,28 +15,40 @@ from urllib.parse import parse_qsl
 
 from app.read.errors import InvalidRequest
 
-RawValue = str | dict[str, "RawValue"]
+RawValue = str | list[str] | dict[str, "RawValue"]
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _INTEGER = re.compile(r"^-?\d+$")
 
 
 def parse_query_string(query: str) -> dict[str, RawValue]:
-    """``a=1&b[c]=2`` -> ``{"a": "1", "b": {"c": "2"}}``; a parameter given twice is an error."""
+    """``a=1&b[c]=2`` -> ``{"a": "1", "b": {"c": "2"}}``. Arrays come in every encoding Stripe's
+    libraries send: ``a[]=x&a[]=y`` and a repeated ``a=x&a=y`` give a list, ``a[0]=x&a[1]=y`` a
+    mapping of indexes (an Array spec reads all three; any other spec refuses a value given twice)."""
     nested: dict[str, RawValue] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         match = _KEY.match(key)
         if match is None:
             raise InvalidRequest(f"Invalid parameter name: {key}", param=key, code="parameter_unknown")
         path = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))]
+        appending = len(path) > 1 and path[-1] == ""
+        if appending:
+            path = path[:-1]
         node: dict[str, RawValue] = nested
         for depth, segment in enumerate(path[:-1]):
             child = node.setdefault(segment, {})
             if not isinstance(child, dict):
                 raise _conflict(path[: depth + 1])
             node = child
-        if path[-1] in node:
+        last = path[-1]
+        existing = node.get(last)
+        if existing is None:
+            node[last] = [value] if appending else value
+        elif isinstance(existing, list):
+            existing.append(value)
+        elif isinstance(existing, str):  # given twice: a list, which only an Array accepts
+            node[last] = [existing, value]
+        else:
             raise _conflict(path)
-        node[path[-1]] = value
     return nested
 
 
@@ -58,6 +70,10 @@ class ParamSpec(Protocol):
 
 
 def _require_text(name: str, raw: Any, kind: str) -> str:
+    if isinstance(raw, list):
+        raise InvalidRequest(
+            f"Parameter {name} was given more than once, or both as a value and an object.", param=name
+        )
     if isinstance(raw, Mapping):
         raise InvalidRequest(f"Invalid {name}: expected {kind}, not an object", param=name)
     if isinstance(raw, bool) or not isinstance(raw, str | int):
@@ -162,6 +178,41 @@ class Object:
             first = next(iter(self.fields))
             raise InvalidRequest(f"Invalid {name}: expected an object such as {name}[{first}]", param=name)
         return parse_params(raw, self.fields, prefix=name, required=self.required)
+
+
+@dataclass(frozen=True)
+class Array:
+    """An array parameter: ``name[]=a&name[]=b``, ``name[0]=a&name[1]=b``, or ``name=a`` repeated."""
+
+    item: ParamSpec
+    max_items: int | None = None
+
+    def parse(self, name: str, raw: Any) -> list[Any]:
+        if isinstance(raw, Mapping):
+            if not all(isinstance(key, str) and key.isascii() and key.isdigit() for key in raw):
+                raise InvalidRequest(
+                    f"Invalid array {name}: use {name}[]=value or {name}[0]=value", param=name
+                )
+            values = [raw[key] for key in sorted(raw, key=int)]
+        else:
+            values = raw if isinstance(raw, list) else [raw]
+        if self.max_items is not None and len(values) > self.max_items:
+            raise InvalidRequest(f"You may pass at most {self.max_items} values for {name}.", param=name)
+        return [self.item.parse(name, value) for value in values]
+
+
+@dataclass(frozen=True)
+class Expand:
+    """``expand``: paths an endpoint can expand; any other is refused, naming it, as Stripe does."""
+
+    paths: frozenset[str] = frozenset()
+
+    def parse(self, name: str, raw: Any) -> frozenset[str]:
+        wanted = Array(Text()).parse(name, raw)
+        for path in wanted:
+            if path not in self.paths:
+                raise InvalidRequest(f"This property cannot be expanded ({path}).", param=name)
+        return frozenset(wanted)
 
 
 def unknown_parameter(name: str) -> InvalidRequest:

@@ -6,6 +6,7 @@ from app.read.resource import NestedList, Resource
 from app.read.resources import (
     billing_alerts,
     billing_meters,
+    events,
     invoice_items,
     invoice_lines,
     invoice_payments,
@@ -20,6 +21,7 @@ RESOURCES: tuple[Resource, ...] = (
     billing_meters.RESOURCE,
     billing_alerts.RESOURCE,
     invoice_rendering_templates.RESOURCE,
+    events.RESOURCE,
 )
 # Lists under a parent object; served before the parent's retrieve route.
 NESTED_LISTS: tuple[NestedList, ...] = (invoice_lines.LINES,)

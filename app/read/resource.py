@@ -10,6 +10,9 @@ from sqlalchemy import Connection
 from app.read.pagination import Page
 from app.read.params import ListRequest, ParamSpec
 
+# Objects (JSON text) with the named paths expanded (``payments`` of an invoice, say).
+Expander = Callable[[Connection, list[str], frozenset[str]], list[str]]
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -19,6 +22,12 @@ class Resource:
     list_page: Callable[[Connection, ListRequest], Page]
     # The object as JSON text (a deleted object's stub where the resource has tombstones), or None.
     retrieve: Callable[[Connection, str], str | None]
+    # What ``expand`` may name on a retrieve (a list takes the same paths under ``data.``).
+    expandable: frozenset[str] = frozenset()
+    expand: Expander | None = None
+
+    def list_expandable(self) -> frozenset[str]:
+        return frozenset(f"data.{path}" for path in self.expandable)
 
 
 @dataclass(frozen=True)

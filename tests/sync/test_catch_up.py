@@ -3,9 +3,12 @@ after the receiver was down, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine
 
 from app.db.engine import make_engine
@@ -15,7 +18,18 @@ from app.testing.dump import dump, rows
 from tests.stripe_server import objects
 from tests.stripe_server.runner import RunningServer
 from tests.stripe_server.store import PLATFORM_ACCOUNT
-from tests.support import T0, copy_sqlite, encode, one, run_cli, sync_args
+from tests.support import (
+    API_KEY,
+    T0,
+    LiveServer,
+    copy_sqlite,
+    encode,
+    item,
+    make_event,
+    one,
+    run_cli,
+    sync_args,
+)
 
 DAY = 86_400
 
@@ -173,3 +187,40 @@ def test_a_refusal_from_stripe_is_said_plainly(stripe_api: RunningServer, db_url
     assert "Stripe's API answered (403): PermissionError" in result.output
     assert "does not have access to account 'acct_unknown'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_one_mirror_catches_up_from_another(
+    db_url: str, engine: Engine, live_server: Callable[..., LiveServer], tmp_path: Path, sqlite_template: Path
+) -> None:
+    """Mirror A's read API serves GET /v1/events as Stripe does: mirror B catches up from it."""
+    recent = int(time.time()) - DAY
+    events = [
+        make_event("invoiceitem.created", item(f"ii_copy_{n}", recent + n), created=recent + n)
+        for n in range(25)
+    ]
+    receive(engine, *events)
+    source = live_server(BILLING_MIRROR_API_KEYS=API_KEY)
+    copy_url = copy_sqlite(sqlite_template, tmp_path / "copy.db")
+
+    result = run_cli(
+        "sync",
+        "events",
+        "--api-key",
+        API_KEY,
+        "--api-base",
+        source.url,
+        "--database-url",
+        copy_url,
+        "--since",
+        str(recent - 60),
+        "--no-migrate",
+    )
+
+    assert result.exit_code == 0, result.output
+    copy = make_engine(copy_url)
+    try:
+        assert {row["id"] for row in rows(copy, "stripe_events")} == {event["id"] for event in events}
+        assert dump(copy)["invoice_items"] == dump(engine)["invoice_items"]
+    finally:
+        copy.dispose()
