@@ -32,11 +32,28 @@ class Writes:
         self.planned.append((sql, params, many))
 
 
+def coalesced(writes: Sequence[Write]) -> Sequence[Write]:
+    """Consecutive writes of the same statement as one executemany (the objects of a fetched page):
+    the driver converts the statement once instead of once per row (psycopg re-parses a statement past
+    its cache's size limits on every execute). Row counts add up the same."""
+    if len(writes) < 2:
+        return writes
+    merged: list[Write] = []
+    for sql, params, many in writes:
+        if merged and merged[-1][0] == sql:
+            _, before, before_many = merged[-1]
+            rows = [*(before if before_many else [before]), *(params if many else [params])]
+            merged[-1] = (sql, rows, True)
+        else:
+            merged.append((sql, params, many))
+    return merged
+
+
 def execute_writes(driver: Any, writes: Sequence[Write]) -> int:
     """Run ``writes`` on a DBAPI connection; return the number of rows they inserted, changed or
     deleted (a guarded upsert whose WHERE is false changes none)."""
     changed = 0
-    for sql, params, many in writes:
+    for sql, params, many in coalesced(writes):
         if many:
             cursor = driver.cursor()
             cursor.executemany(sql, params)
@@ -59,7 +76,7 @@ def execute_writes_of_events(driver: Any, events_writes: Sequence[Sequence[Write
     with pipeline() as sent:
         for writes in events_writes:
             mine = []
-            for sql, params, many in writes:
+            for sql, params, many in coalesced(writes):
                 cursor = driver.cursor()
                 if many:
                     cursor.executemany(sql, params)
