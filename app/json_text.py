@@ -18,3 +18,13 @@ def json_text(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_value(text: str | bytes) -> Any:
+    """The value of JSON text: orjson first (it runs for every delivery and every fetched page); the
+    standard parser for what orjson refuses (integers past 64 bits), so that it decides what is and
+    is not JSON and words the error (ValueError)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)

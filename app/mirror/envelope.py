@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
+from app.json_text import json_value
 from app.timestamps import parse_time
 
 SNAPSHOT_OBJECT = "event"
@@ -82,19 +80,10 @@ class Event:
 def parse_event(raw: bytes, source: str = "webhook") -> Event:
     try:
         text = raw.decode("utf-8")
-        body = _loads(raw)
+        body = json_value(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise EnvelopeError("invalid_json", f"Body is not valid UTF-8 JSON: {exc}") from None
     return event_from_json(body, text, source)
-
-
-def _loads(raw: bytes) -> Any:
-    """orjson on the hot path; the standard parser for what orjson refuses (integers past 64 bits),
-    so that it decides what is and is not JSON and words the error."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
 
 
 def _require(condition: bool, message: str) -> None:

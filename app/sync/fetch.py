@@ -12,7 +12,6 @@ into Decimals and are not the JSON Stripe sent.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import queue
 import threading
@@ -25,6 +24,8 @@ from typing import Any, TypeVar
 import stamina
 import stripe
 from pyrate_limiter import Duration, Limiter, Rate
+
+from app.json_text import json_value
 
 STRIPE_API_BASE = "https://api.stripe.com"
 PAGE_LIMIT = 100
@@ -167,7 +168,7 @@ class StripeReader:
                 self._acquire(endpoint or path)
                 response = self.client.raw_request("get", path, **params)
         try:
-            body = json.loads(response.body)
+            body = json_value(response.body)
         except ValueError as exc:
             raise FetchError(f"GET {path} answered something that is not JSON: {exc}") from None
         return body, stripe_time(response.headers), response.request_id
