@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, func, select, text
-from sqlmodel import Field, SQLModel, col
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, select, text, tuple_
+from sqlmodel import Field, SQLModel
 
 # Set before any table exists so that every constraint and index has a stable, predictable name
 # in migrations on both SQLite and PostgreSQL.
@@ -192,6 +192,9 @@ class Invoice(MirrorVersion, Tombstone, table=True):
     parent_type: str | None = None
     subscription: str | None = None
     quote: str | None = None
+    # How it was paid: top-level before 2025-03-31.basil, the default payment's after (when embedded).
+    charge: str | None = None
+    payment_intent: str | None = None
     number: str | None = None
     billing_reason: str | None = None
     collection_method: str | None = None
@@ -253,28 +256,49 @@ class InvoiceLineSet(MirrorVersion, table=True):
 
 
 class InvoiceItemInvoice(MirrorVersion, table=True):
-    """The invoice an invoice item joined, learnt from the lines that reference it (Stripe sends no
-    invoiceitem.updated when a pending item is pulled onto an invoice). Versioned by the invoice
-    snapshot that carried the line, so it converges whatever the order of item and invoice events."""
+    """Whether an invoice item is on an invoice, per (item, invoice), as the newest evidence says:
+    the item's own snapshot (its ``invoice``) or a snapshot of the invoice whose lines name it (Stripe
+    sends no event when a pending item is pulled onto an invoice, nor when it is taken off a draft).
+    ``present`` turns false when a newer complete line list of the invoice no longer names the item;
+    versioned like the snapshot that said so, so it converges whatever the order of events."""
 
     __tablename__ = "invoice_item_invoices"
+    __table_args__ = (
+        # Items taken off an invoice are few: the pending list finds them here directly.
+        _partial("ix_invoice_item_invoices_absent", "invoice_item", where="NOT present"),
+    )
 
     invoice_item: str = Field(primary_key=True)
-    invoice: str = Field(index=True)
+    invoice: str = Field(primary_key=True, index=True)
+    present: bool = True
+
+
+# The version columns of MirrorVersion, in comparison order.
+VERSION_NAMES = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
+
+
+def _newer_or_same(left: Any, right: Any) -> Any:
+    return tuple_(*(left.c[name] for name in VERSION_NAMES)) >= tuple_(
+        *(right.c[name] for name in VERSION_NAMES)
+    )
 
 
 def item_invoice() -> Any:
-    """The invoice an item is on: its own snapshot's ``invoice`` or, failing that, the one its lines name."""
-    from_lines = (
-        select(col(InvoiceItemInvoice.invoice))
-        .where(col(InvoiceItemInvoice.invoice_item) == col(InvoiceItem.id))
+    """The invoice an item is on now, as Stripe would say: of the invoices it was seen on (its own
+    snapshot, or a line of the invoice), the one seen last, unless the item's own snapshot is newer
+    (then what it says, null included), or a newer complete line list took it off."""
+    links, items = InvoiceItemInvoice.__table__, InvoiceItem.__table__  # type: ignore[attr-defined]
+    return (
+        select(links.c.invoice)
+        .where(links.c.invoice_item == items.c.id, links.c.present, _newer_or_same(links, items))
+        .order_by(*(links.c[name].desc() for name in VERSION_NAMES))
+        .limit(1)
         .scalar_subquery()
     )
-    return func.coalesce(InvoiceItem.invoice, from_lines)
 
 
 def item_pending() -> Any:
-    """Stripe's ``pending`` filter for invoice items: on no invoice yet."""
+    """Stripe's ``pending`` filter for invoice items: on no invoice now."""
     return item_invoice().is_(None)
 
 

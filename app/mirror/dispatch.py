@@ -20,6 +20,8 @@ Apply = Callable[[Writes, Event], None]
 SNAPSHOT_HANDLERS: dict[str, Handler] = {
     "invoice_payment.paid": handle_invoice_payment_paid,
     "invoiceitem.created": handle_invoiceitem_created,
+    # Gone from Stripe since the end of 2023, but in older recordings: a newer snapshot like any other.
+    "invoiceitem.updated": handle_invoiceitem_created,
     "invoiceitem.deleted": handle_invoiceitem_deleted,
     **dict.fromkeys(INVOICE_EVENT_TYPES, handle_invoice_event),
     **dict.fromkeys(METER_EVENT_TYPES, handle_meter_event),

@@ -18,10 +18,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
+from app.db.models import VERSION_NAMES
 from app.mirror.driver_sql import PreparedStatement
 from app.mirror.writes import Writes
 
-VERSION_COLUMNS = ("version_precedence", "last_event_created", "version_tiebreak", "last_event_id")
+VERSION_COLUMNS = VERSION_NAMES
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
 
 

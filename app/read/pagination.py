@@ -4,8 +4,9 @@ so objects created in the same second keep a stable order and cursors never skip
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, or_, select
 from sqlalchemy.sql.elements import KeyedColumnElement
@@ -27,14 +28,21 @@ class Page:
         return f'{head},"data":[{",".join(self.payloads)}]}}'
 
 
+# The object as served, from its stored payload and the values of a listing's ``extra`` columns.
+Render = Callable[[str, Sequence[Any]], str]
+
+
 @dataclass(frozen=True)
 class Listing:
-    """Where one resource's objects live and what orders them."""
+    """Where one resource's objects live and what orders them; ``render`` turns a stored payload
+    into what is served, from ``extra`` columns read with it (fields the mirror derives)."""
 
     object_name: str  # as in Stripe's "No such invoice_payment: 'x'"
     id: KeyedColumnElement[str]
     timestamp: KeyedColumnElement[int]  # the object's creation time (``created``, or ``date`` for items)
     payload: KeyedColumnElement[str]
+    extra: tuple[ColumnElement[Any], ...] = ()
+    render: Render | None = None
 
 
 def time_conditions(column: KeyedColumnElement[int], span: TimeRange) -> list[ColumnElement[bool]]:
@@ -76,13 +84,12 @@ def fetch_page(
         where += [ts >= at, or_(ts > at, key > page.ending_before)]
     order = (ts.asc(), key.asc()) if backwards else (ts.desc(), key.desc())
     # One row more than asked tells whether another page follows.
-    rows = list(
-        connection.execute(select(listing.payload).where(*where).order_by(*order).limit(page.limit + 1))
-        .scalars()
-        .all()
-    )
+    query = select(listing.payload, *listing.extra).where(*where).order_by(*order).limit(page.limit + 1)
+    rows = list(connection.execute(query))
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
     if backwards:
         rows.reverse()  # a page is always newest first, whichever way we walked
-    return Page(payloads=rows, has_more=has_more)
+    render = listing.render
+    payloads = [row[0] if render is None else render(row[0], tuple(row[1:])) for row in rows]
+    return Page(payloads=payloads, has_more=has_more)

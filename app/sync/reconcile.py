@@ -31,8 +31,9 @@ from app.ingest.store import EventStore
 from app.mirror.envelope import EventSource
 from app.mirror.outcome import Outcome
 from app.mirror.upsert import table_of
+from app.read.resources.invoice_items import CURRENT_INVOICE, as_served
 from app.sync.fetch import ListPage, StripeReader, complete_invoice, fetch_chains
-from app.sync.resources import INVOICES, Resource, fetched_snapshot, written_for_account
+from app.sync.resources import INVOICE_ITEMS, INVOICES, Resource, fetched_snapshot, written_for_account
 
 WINDOW_ROWS = 5_000  # mirror rows per compared window
 LINE_QUERY_CHUNK = 500
@@ -218,12 +219,16 @@ class Reconcile:
     def _mirror_rows(
         self, resource: Resource, window: _Window | None, ids: Sequence[str] = ()
     ) -> dict[str, _Row]:
-        """The mirror's rows of ``window`` (or the rows of ``ids``), decoded."""
+        """The mirror's rows of ``window`` (or the rows of ``ids``), decoded, as the read API serves
+        them (an invoice item's ``invoice`` is the one it is on now)."""
         table = table_of(resource.model)
         columns = [table.c.id, table.c.payload, table.c.last_event_created]
         has_tombstone = "deleted" in table.c
         if has_tombstone:
             columns.append(table.c.deleted)
+        served = resource is INVOICE_ITEMS
+        if served:
+            columns += [table.c.invoice, CURRENT_INVOICE]
         query = select(*columns).where(written_for_account(table, self.reader.api.stripe_account))
         column = self._created_column(resource)
         if ids:
@@ -236,7 +241,10 @@ class Reconcile:
         found: dict[str, _Row] = {}
         with self.engine.connect() as connection:
             for row in connection.execute(query):
-                payload = orjson.loads(row.payload) if row.payload else None
+                text = (
+                    as_served(row.payload, (row.invoice, row[-1])) if served and row.payload else row.payload
+                )
+                payload = orjson.loads(text) if text else None
                 deleted = bool(row.deleted) if has_tombstone else False
                 found[row.id] = _Row(payload, deleted, int(row.last_event_created))
             if resource is INVOICES and found:

@@ -4,7 +4,8 @@ The mirror knows two kinds of staleness of its own:
 
 * an invoice item whose own snapshot says it is pending (or names another invoice) while a newer
   invoice snapshot lists it as a line (Stripe sends no ``invoiceitem.updated`` when a pending item is
-  pulled onto an invoice);
+  pulled onto an invoice), or names an invoice whose newer complete line list no longer does (taken
+  off a draft);
 * an invoice whose newest snapshot carried only the first page of its lines (``lines_incomplete``).
 
 Each is read again from Stripe (``GET /v1/invoiceitems/{id}``; ``GET /v1/invoices/{id}`` and every
@@ -18,14 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, or_, select, tuple_
 
 from app.db.models import Invoice, InvoiceItem, InvoiceItemInvoice
 from app.ingest.apply import DatabaseUnavailable
 from app.ingest.store import EventStore
 from app.mirror.envelope import EventSource
 from app.mirror.outcome import Outcome
-from app.mirror.upsert import table_of
+from app.mirror.upsert import VERSION_COLUMNS, table_of
 from app.sync.fetch import StripeReader, complete_invoice
 from app.sync.resources import INVOICE_ITEMS, INVOICES, Resource, fetched_snapshot, written_for_account
 
@@ -49,15 +50,22 @@ def out_of_date(
 ) -> list[tuple[Resource, str]]:
     """Up to ``limit`` objects the mirror knows are out of date: items first, then invoices."""
     items, links, invoices = table_of(InvoiceItem), table_of(InvoiceItemInvoice), table_of(Invoice)
+    newer_than_item = tuple_(*(links.c[name] for name in VERSION_COLUMNS)) > tuple_(
+        *(items.c[name] for name in VERSION_COLUMNS)
+    )
     linked_items = (
         select(links.c.invoice_item)
         .select_from(links.join(items, items.c.id == links.c.invoice_item))
         .where(
             written_for_account(links, account),
             ~items.c.deleted,
-            or_(items.c.invoice.is_(None), items.c.invoice != links.c.invoice),
-            items.c.last_event_created <= links.c.last_event_created,
+            newer_than_item,
+            or_(
+                links.c.present & or_(items.c.invoice.is_(None), items.c.invoice != links.c.invoice),
+                ~links.c.present & (items.c.invoice == links.c.invoice),
+            ),
         )
+        .distinct()
         .order_by(links.c.invoice_item)
         .limit(limit)
     )

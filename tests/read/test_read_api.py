@@ -42,6 +42,7 @@ from tests.support import (
     payment,
     payment_event,
     recorded,
+    reset,
     snapshot_of,
 )
 
@@ -545,4 +546,58 @@ def test_items_on_an_invoice_through_its_lines_are_not_pending(api: TestClient, 
     assert ids(get(api, "/v1/invoiceitems", pending="true")) == ["ii_still_pending"]
     assert ids(get(api, "/v1/invoiceitems", pending="false")) == [on_a]
     assert ids(get(api, "/v1/invoiceitems", invoice=INVOICE_A)) == [on_a]
-    assert get(api, f"/v1/invoiceitems/{on_a}")["invoice"] is None  # the object stays as Stripe sent it
+    # Served as Stripe would answer now: on the invoice whose lines name it, in lists and alone.
+    served = get(api, f"/v1/invoiceitems/{on_a}")
+    assert served["invoice"] == INVOICE_A
+    assert served == template | {"id": on_a, "date": T0 - 60, "invoice": INVOICE_A}
+    assert get(api, "/v1/invoiceitems", invoice=INVOICE_A)["data"] == [served]
+
+
+def test_an_item_taken_off_a_draft_is_pending_again_in_any_order(api: TestClient, engine: Engine) -> None:
+    """Stripe's remove_lines with behavior=unassign: a newer complete line list of the draft no longer
+    names the item; it is pending again whatever the order the events arrive in."""
+    template = load_fixture("invoiceitem.created.json")["data"]["object"]
+    on_a = "ii_1SyA02B7WZ01zgkWovrg0001"
+    created = make_event("invoiceitem.created", template | {"id": on_a, "date": T0 - 60}, created=T0 - 60)
+    with_it = make_event("invoice.updated", snapshot_of("invoice.updated"), created=T0 + 10)
+    without = snapshot_of("invoice.updated")
+    without["lines"]["data"] = [line for line in without["lines"]["data"] if on_a not in json_text(line)]
+    taken_off = make_event("invoice.updated", without, created=T0 + 20)
+    for order in (
+        (created, with_it, taken_off),
+        (taken_off, with_it, created),
+        (with_it, taken_off, created),
+    ):
+        reset(engine)
+        ingest_each(engine, *order)
+        assert ids(get(api, "/v1/invoiceitems", pending="true")) == [on_a]
+        assert ids(get(api, "/v1/invoiceitems", invoice=INVOICE_A)) == []
+        assert get(api, f"/v1/invoiceitems/{on_a}")["invoice"] is None
+    # Put back on the draft by a newer list: on it again.
+    ingest_each(engine, make_event("invoice.updated", snapshot_of("invoice.updated"), created=T0 + 30))
+    assert ids(get(api, "/v1/invoiceitems", invoice=INVOICE_A)) == [on_a]
+    assert get(api, f"/v1/invoiceitems/{on_a}")["invoice"] == INVOICE_A
+
+
+def test_an_item_moved_to_another_invoice_follows_the_newest(api: TestClient, engine: Engine) -> None:
+    template = load_fixture("invoiceitem.created.json")["data"]["object"]
+    on_a = "ii_1SyA02B7WZ01zgkWovrg0001"
+    first = make_event("invoice.updated", snapshot_of("invoice.updated"), created=T0 + 10)
+    other = snapshot_of("invoice.updated") | {"id": "in_other"}
+    other["lines"]["data"] = [line for line in other["lines"]["data"] if on_a in json_text(line)]
+    for line in other["lines"]["data"]:
+        line["id"] = line["id"] + "_other"
+    moved = make_event("invoice.updated", other, created=T0 + 20)
+    left_a = snapshot_of("invoice.updated")
+    left_a["lines"]["data"] = [line for line in left_a["lines"]["data"] if on_a not in json_text(line)]
+    ingest_each(
+        engine,
+        make_event("invoiceitem.created", template | {"id": on_a}, created=T0 - 60),
+        moved,
+        first,
+        make_event("invoice.updated", left_a, created=T0 + 30),
+    )
+    assert get(api, f"/v1/invoiceitems/{on_a}")["invoice"] == "in_other"
+    assert ids(get(api, "/v1/invoiceitems", invoice="in_other")) == [on_a]
+    assert ids(get(api, "/v1/invoiceitems", invoice=INVOICE_A)) == []
+    assert ids(get(api, "/v1/invoiceitems", pending="true")) == []

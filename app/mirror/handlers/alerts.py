@@ -15,9 +15,27 @@ from app.mirror.upsert import guarded_upsert
 from app.mirror.writes import Writes
 
 
+def alert_filters(alert: StripeObject) -> Any:
+    """``usage_threshold.filters`` (since 2024-09-30.acacia), or before it the top-level ``filter``
+    ``{customer}`` in the same shape (one filter of type customer)."""
+    if "usage_threshold" in alert:
+        return dig(alert, "usage_threshold", "filters")
+    legacy = alert.get("filter")
+    customer = legacy.get("customer") if isinstance(legacy, dict) else None
+    return [{"type": "customer", "customer": customer}] if customer else None
+
+
+def threshold(alert: StripeObject) -> dict[str, Any]:
+    """``usage_threshold`` (since 2024-09-30.acacia) or ``usage_threshold_config`` (before)."""
+    found = (
+        alert.get("usage_threshold") if "usage_threshold" in alert else alert.get("usage_threshold_config")
+    )
+    return found if isinstance(found, dict) else {}
+
+
 def filter_customer(alert: StripeObject) -> str | None:
     """The customer of the alert's customer filter, when it has exactly one."""
-    filters = dig(alert, "usage_threshold", "filters")
+    filters = alert_filters(alert)
     if not isinstance(filters, list):
         return None
     customers = {ref_id(f.get("customer")) for f in filters if isinstance(f, dict) and f.get("customer")}
@@ -30,11 +48,11 @@ def alert_columns(alert: StripeObject) -> dict[str, Any]:
         "status": alert.get("status"),
         "title": alert.get("title"),
         "livemode": alert.get("livemode"),
-        "meter": ref_id(dig(alert, "usage_threshold", "meter")),
-        "gte": dig(alert, "usage_threshold", "gte"),
-        "recurrence": dig(alert, "usage_threshold", "recurrence"),
+        "meter": ref_id(threshold(alert).get("meter")),
+        "gte": threshold(alert).get("gte"),
+        "recurrence": threshold(alert).get("recurrence"),
         "customer": filter_customer(alert),
-        "filters": dig(alert, "usage_threshold", "filters"),
+        "filters": alert_filters(alert),
         "payload": json_text(alert),
     }
 

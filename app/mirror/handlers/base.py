@@ -63,3 +63,29 @@ def count_set(mapping: Any) -> int:
     if not isinstance(mapping, dict):
         return 0
     return len(mapping) - list(mapping.values()).count(None)
+
+
+def embedded_price(obj: StripeObject) -> tuple[str | None, str | None, str | None]:
+    """(price id, product id, pricing type) of a line or an invoice item in either shape: ``pricing``
+    (since 2025-03-31.basil) or, before, the embedded Price object ``price`` (``plan`` when it is null)."""
+    if "pricing" in obj:
+        pricing = as_dict(obj.get("pricing"))
+        details = as_dict(pricing.get("price_details"))
+        kind = pricing.get("type")
+        return (
+            ref_id(details.get("price")),
+            ref_id(details.get("product")),
+            kind if isinstance(kind, str) else None,
+        )
+    legacy = obj.get("price") or obj.get("plan")
+    if legacy is None:
+        return None, None, None
+    return ref_id(legacy), ref_id(as_dict(legacy).get("product")), "price_details"
+
+
+def quantity_text(obj: StripeObject) -> Any:
+    """``quantity_decimal`` (since 2026-03-25.dahlia), or the integer ``quantity`` as text before it."""
+    if "quantity_decimal" in obj:
+        return obj.get("quantity_decimal")
+    quantity = obj.get("quantity")
+    return str(quantity) if isinstance(quantity, int) and not isinstance(quantity, bool) else None

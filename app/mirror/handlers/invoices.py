@@ -49,12 +49,41 @@ def invoice_version(obj: StripeObject, source: Source) -> Version:
     )
 
 
+def invoice_origin(obj: StripeObject) -> dict[str, Any]:
+    """What the invoice is for, in either shape: ``parent`` since 2025-03-31.basil, the top-level
+    ``subscription`` and ``quote`` before it."""
+    if "parent" in obj:
+        parent = as_dict(obj.get("parent"))
+        return {
+            "parent_type": parent.get("type"),
+            "subscription": ref_id(as_dict(parent.get("subscription_details")).get("subscription")),
+            "quote": ref_id(as_dict(parent.get("quote_details")).get("quote")),
+        }
+    subscription, quote = ref_id(obj.get("subscription")), ref_id(obj.get("quote"))
+    kind = "subscription_details" if subscription else "quote_details" if quote else None
+    return {"parent_type": kind, "subscription": subscription, "quote": quote}
+
+
+def how_paid(obj: StripeObject) -> tuple[str | None, str | None]:
+    """(charge, payment_intent) of the invoice: top-level before 2025-03-31.basil; since, those of its
+    default payment when the invoice carries its ``payments`` (an includable list)."""
+    if "charge" in obj or "payment_intent" in obj:
+        return ref_id(obj.get("charge")), ref_id(obj.get("payment_intent"))
+    listed = as_dict(obj.get("payments")).get("data")
+    if isinstance(listed, list):
+        for payment in listed:
+            if isinstance(payment, dict) and payment.get("is_default"):
+                method = as_dict(payment.get("payment"))
+                return ref_id(method.get("charge")), ref_id(method.get("payment_intent"))
+    return None, None
+
+
 def invoice_columns(obj: StripeObject) -> dict[str, Any]:
     get = obj.get
     transitions = get("status_transitions")
     stamps = as_dict(transitions)
-    parent = as_dict(get("parent"))
     lines = get("lines")
+    charge, payment_intent = how_paid(obj)
     return {
         "customer": ref_id(get("customer")),
         "customer_account": get("customer_account"),
@@ -81,10 +110,9 @@ def invoice_columns(obj: StripeObject) -> dict[str, Any]:
         "currency": get("currency"),
         "period_start": get("period_start"),
         "period_end": get("period_end"),
-        "parent_type": parent.get("type"),
-        # Since 2025-03-31.basil the subscription lives under parent, not at the top level.
-        "subscription": ref_id(as_dict(parent.get("subscription_details")).get("subscription")),
-        "quote": as_dict(parent.get("quote_details")).get("quote"),
+        **invoice_origin(obj),
+        "charge": charge,
+        "payment_intent": payment_intent,
         "number": get("number"),
         "billing_reason": get("billing_reason"),
         "collection_method": get("collection_method"),

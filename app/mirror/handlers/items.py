@@ -1,4 +1,9 @@
-"""invoiceitem objects: invoiceitem.created and invoiceitem.deleted (Stripe sends no .updated)."""
+"""invoiceitem objects: invoiceitem.created, .deleted and, in archives from before 2024 (Stripe stopped
+sending it), .updated, applied like any newer snapshot.
+
+Columns are read from whichever shape the object has: ``parent`` and ``pricing`` since
+2025-03-31.basil; before it a top-level ``subscription``/``subscription_item``, an embedded Price
+object in ``price`` and a top-level ``unit_amount_decimal``."""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from typing import Any
 
 from app.db.models import InvoiceItem
 from app.json_text import json_text
-from app.mirror.handlers.base import Source, StripeObject, as_dict, ref_id
+from app.mirror.handlers.base import Source, StripeObject, as_dict, embedded_price, quantity_text, ref_id
+from app.mirror.handlers.lines import link_item
 from app.mirror.upsert import NO_DATA, guarded_upsert
 from app.mirror.writes import Writes
 
@@ -15,13 +21,21 @@ STUB_KEYS = frozenset({"id", "object", "deleted"})
 
 def item_columns(obj: StripeObject) -> dict[str, Any]:
     get = obj.get
-    parent = get("parent") or {}
-    pricing = get("pricing") or {}
     period = get("period") or {}
     discounts = get("discounts")
-    # Read without raising: a parent or pricing that is not an object fails below, where it always did.
-    subscription = as_dict(as_dict(parent).get("subscription_details"))
-    price = as_dict(as_dict(pricing).get("price_details"))
+    price, product, pricing_type = embedded_price(obj)
+    if "parent" in obj:  # 2025-03-31.basil and later
+        parent = get("parent") or {}
+        subscription = as_dict(parent.get("subscription_details"))  # a parent that is not an object fails
+        subscription_id = ref_id(subscription.get("subscription"))
+        subscription_item = subscription.get("subscription_item")
+        parent_type = parent.get("type")
+        unit_amount = as_dict(get("pricing")).get("unit_amount_decimal")
+    else:
+        subscription_id = ref_id(get("subscription"))
+        subscription_item = get("subscription_item")
+        parent_type = "subscription_details" if subscription_id else None
+        unit_amount = get("unit_amount_decimal")
     return {
         "amount": get("amount"),
         "currency": get("currency"),
@@ -35,19 +49,19 @@ def item_columns(obj: StripeObject) -> dict[str, Any]:
         "livemode": get("livemode"),
         "metadata": get("metadata"),
         "net_amount": get("net_amount"),
-        "parent_type": parent.get("type"),
-        "subscription": ref_id(subscription.get("subscription")),
-        "subscription_item": subscription.get("subscription_item"),
+        "parent_type": parent_type,
+        "subscription": subscription_id,
+        "subscription_item": subscription_item,
         "period_start": period.get("start"),
         "period_end": period.get("end"),
-        "pricing_type": pricing.get("type"),
-        "price": ref_id(price.get("price")),
-        "product": price.get("product"),
-        "unit_amount_decimal": pricing.get("unit_amount_decimal"),
+        "pricing_type": pricing_type,
+        "price": price,
+        "product": product,
+        "unit_amount_decimal": unit_amount,
         "proration": get("proration"),
         "proration_details": get("proration_details"),
         "quantity": get("quantity"),
-        "quantity_decimal": get("quantity_decimal"),
+        "quantity_decimal": quantity_text(obj),
         "tax_rates": get("tax_rates"),
         "test_clock": ref_id(get("test_clock")),
         "payload": json_text(obj),
@@ -69,14 +83,17 @@ def upsert_item(writes: Writes, obj: StripeObject, source: Source, *, deleting: 
         version = NO_DATA
     else:
         data, version = item_columns(obj), source.version(0)
+    item_id = _item_id(obj)
     guarded_upsert(
         writes,
         InvoiceItem,
-        {"id": _item_id(obj)},
+        {"id": item_id},
         data,
         version,
         deleted_by=(source.event_id, source.created) if deleting else None,
     )
+    if isinstance(data.get("invoice"), str):
+        link_item(writes, item_id, data["invoice"], version)
 
 
 def handle_invoiceitem_created(writes: Writes, obj: StripeObject, source: Source) -> None:

@@ -1,24 +1,33 @@
 """Reading invoice items: GET /v1/invoiceitems and ``billing-mirror items``.
 
 Invoice items have ``date`` and no ``created``: the ``created`` filter and the list order use ``date``.
-Deleted items are left out of lists and retrieve as Stripe's deleted object. An item is on an invoice
-when its own snapshot says so or when a line of an invoice names it (invoice_item_invoices): Stripe
-sends no event when a pending item is pulled onto an invoice.
+Deleted items are left out of lists and retrieve as Stripe's deleted object.
+
+An item's ``invoice`` is served as Stripe would answer now: the invoice it is on according to the
+newest evidence (app.db.models.item_invoice: its own snapshot, or the lines of an invoice snapshot
+that name it, and no longer once a newer complete line list of that invoice drops it), since Stripe
+sends no event when a pending item is pulled onto an invoice or taken off a draft. ``pending`` and
+``invoice=`` filter on that same invoice.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, false, or_, select
+from collections.abc import Sequence
+from typing import Any
 
-from app.db.models import InvoiceItem, InvoiceItemInvoice
+from sqlalchemy import ColumnElement, Connection, false, or_, select
+
+from app.db.models import InvoiceItem, InvoiceItemInvoice, item_invoice
+from app.json_text import json_text, json_value
 from app.mirror.upsert import table_of
 from app.read.pagination import Listing, Page, fetch_page, time_conditions
 from app.read.params import Boolean, ListRequest, ParamSpec, Text, Timestamp
 from app.read.resource import Resource
-from app.read.tombstones import retrieve_or_tombstone
+from app.read.tombstones import deleted_object
 
 TABLE = table_of(InvoiceItem)
 LINKS = table_of(InvoiceItemInvoice)
+CURRENT_INVOICE = item_invoice()
 
 FILTERS: dict[str, ParamSpec] = {
     "customer": Text(),
@@ -26,13 +35,25 @@ FILTERS: dict[str, ParamSpec] = {
     "pending": Boolean(),
     "created": Timestamp(),
 }
-LISTING = Listing("invoiceitem", TABLE.c.id, TABLE.c.date, TABLE.c.payload)
 
 
-def _linked(invoice: str | None = None) -> ColumnElement[bool]:
-    """A line of some invoice (or of ``invoice``) names this item."""
-    link = exists().where(LINKS.c.invoice_item == TABLE.c.id)
-    return link.where(LINKS.c.invoice == invoice) if invoice is not None else link
+def as_served(payload: str, values: Sequence[Any]) -> str:
+    """The stored item, its ``invoice`` the one it is on now when that differs from what it said."""
+    own, current = values
+    if own == current:
+        return payload
+    obj = json_value(payload)
+    obj["invoice"] = current
+    return json_text(obj)
+
+
+LISTING = Listing(
+    "invoiceitem", TABLE.c.id, TABLE.c.date, TABLE.c.payload, (TABLE.c.invoice, CURRENT_INVOICE), as_served
+)
+
+
+def _ids(connection: Connection, query: Any) -> list[str]:
+    return list(connection.execute(query).scalars())
 
 
 def list_page(connection: Connection, request: ListRequest) -> Page:
@@ -42,28 +63,40 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     if "customer" in filters:
         conditions.append(TABLE.c.customer == filters["customer"])
     if "invoice" in filters:
-        # Read the ids this invoice's lines name first, so the OR below is two plain index lookups
-        # (the invoice column and the primary key) on both databases; a subquery inside the OR would
-        # make PostgreSQL scan the table in date order instead.
+        # The ids seen on this invoice are read first, so that the candidates are two plain index
+        # lookups (the invoice column and the primary key) on both databases; the invoice each is
+        # on now is then decided row by row.
         invoice = filters["invoice"]
-        named = select(LINKS.c.invoice_item).where(LINKS.c.invoice == invoice)
-        linked_ids = list(connection.execute(named).scalars())
-        on_it = TABLE.c.invoice == invoice
-        conditions.append(
-            or_(on_it, and_(TABLE.c.id.in_(linked_ids), TABLE.c.invoice.is_(None))) if linked_ids else on_it
+        seen = _ids(
+            connection, select(LINKS.c.invoice_item).where(LINKS.c.invoice == invoice, LINKS.c.present)
         )
+        on_it = TABLE.c.invoice == invoice
+        conditions += [or_(on_it, TABLE.c.id.in_(seen)) if seen else on_it, invoice == CURRENT_INVOICE]
     if "pending" in filters:
-        # "invoice IS NULL" is written exactly as the partial indexes' predicate, so both databases
-        # can use them; the link check then only runs on those few rows.
-        pending = and_(TABLE.c.invoice.is_(None), ~_linked())
-        conditions.append(pending if filters["pending"] else or_(TABLE.c.invoice.is_not(None), _linked()))
+        if filters["pending"]:
+            # Candidates: what its own snapshot calls pending ("invoice IS NULL", written as the partial
+            # indexes' predicate), and the few items taken off an invoice (a partial index of their own).
+            taken_off = _ids(connection, select(LINKS.c.invoice_item).where(~LINKS.c.present).distinct())
+            pending = TABLE.c.invoice.is_(None)
+            conditions += [or_(pending, TABLE.c.id.in_(taken_off)) if taken_off else pending]
+            conditions.append(CURRENT_INVOICE.is_(None))
+        else:
+            conditions.append(CURRENT_INVOICE.is_not(None))
     if "created" in filters:
         conditions += time_conditions(TABLE.c.date, filters["created"])
     return fetch_page(connection, LISTING, conditions, request.page)
 
 
 def retrieve(connection: Connection, item_id: str) -> str | None:
-    return retrieve_or_tombstone(connection, TABLE, "invoiceitem", item_id)
+    query = select(TABLE.c.payload, TABLE.c.deleted, TABLE.c.invoice, CURRENT_INVOICE).where(
+        TABLE.c.id == item_id
+    )
+    row = connection.execute(query).first()
+    if row is None:
+        return None
+    if row.deleted:
+        return deleted_object("invoiceitem", item_id)
+    return as_served(row.payload, (row[2], row[3]))
 
 
 RESOURCE = Resource(
