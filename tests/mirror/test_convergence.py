@@ -151,6 +151,14 @@ def _g(count: int, *, has_more: bool) -> dict[str, Any]:
     return obj
 
 
+def _other(*, with_item: bool) -> dict[str, Any]:
+    """A second draft whose line names the item of invoice A's first line (or no longer does)."""
+    obj = snapshot_of("invoice.created") | {"id": "in_other_draft", "status": "draft"}
+    lines = [dict(line, id=line["id"] + "_o") for line in obj["lines"]["data"]]
+    obj["lines"] = dict(obj["lines"], data=lines if with_item else lines[1:], has_more=False)
+    return obj
+
+
 def _meter(name: str, updated: int) -> dict[str, Any]:
     return snapshot_of(name) | {"updated": updated}
 
@@ -183,6 +191,9 @@ def billing_pool() -> list[dict[str, Any]]:
             {"id": "ii_1SyA03B7WZ01zgkWseat0002", "object": "invoiceitem", "deleted": True},
             created=T0 + 100,
         ),
+        # Invoice O: the same pending item moved onto a second draft, then taken off it again.
+        make_event("invoice.created", _other(with_item=True), created=T0 + 8000, event_id="evt_o1"),
+        make_event("invoice.updated", _other(with_item=False), created=T0 + 8100, event_id="evt_o2"),
         # Invoice G: first page only, then a complete list of 7, then a newer first page of 3.
         make_event("invoice.created", _g(10, has_more=True), created=T0 + 3001, event_id="evt_g1"),
         make_event("invoice.updated", _g(7, has_more=False), created=T0 + 3100, event_id="evt_g2"),
@@ -240,8 +251,11 @@ def test_expected_final_state_of_billing_resources(engine: Engine) -> None:
     assert invoices[INVOICE_G]["lines_incomplete"] is True
     deleted = invoices["in_1SyE10B7WZ01zgkWdraftE01"]
     assert deleted["deleted"] and deleted["status"] == "draft"
-    links = {row["invoice_item"]: row["invoice"] for row in state["invoice_item_invoices"]}
-    assert links["ii_1SyA02B7WZ01zgkWovrg0001"] == INVOICE_A
+    links = {(row["invoice_item"], row["invoice"]): row["present"] for row in state["invoice_item_invoices"]}
+    assert links[("ii_1SyA02B7WZ01zgkWovrg0001", INVOICE_A)] is True
+    # Moved onto the other draft, then taken off it: still seen there, no longer on it.
+    taken_off = [key for key, present in links.items() if key[1] == "in_other_draft" and not present]
+    assert len(taken_off) == 1
     [meter] = state["billing_meters"]
     assert (meter["status"], meter["last_event_id"]) == ("active", "evt_m_a")
     assert len(state["billing_alert_triggers"]) == 2 and len(state["billing_meter_error_reports"]) == 2
