@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,10 +304,14 @@ def _usage(problem: InvalidRequest) -> click.UsageError:
     return click.UsageError(f"{problem.message}{where}")
 
 
-def _collect_pages(connection: Connection, resource: Resource, raw: dict[str, Any], follow: bool) -> Page:
+def _collect_pages(
+    connection: Connection, resource: Resource, raw: dict[str, Any], follow: bool, account: str | None
+) -> Page:
     payloads: list[str] = []
     while True:
-        page = resource.list_page(connection, parse_list_request(raw, resource.filters))
+        page = resource.list_page(
+            connection, replace(parse_list_request(raw, resource.filters), account=account)
+        )
         payloads += page.payloads
         if not (follow and page.has_more and page.payloads):
             return Page(payloads, page.has_more)
@@ -317,6 +321,9 @@ def _collect_pages(connection: Connection, resource: Resource, raw: dict[str, An
 def build_group(name: str, resource: Resource, columns: Sequence[Column], help_text: str) -> click.Group:
     group = click.Group(name, help=help_text)
     json_option = click.option("--json", "as_json", is_flag=True, help="Print Stripe's JSON instead.")
+    account_option = click.option(
+        "--stripe-account", help="A Connect account's objects (acct_...), as the API's Stripe-Account header."
+    )
     options = filter_options(resource.filters)
 
     @click.command("list", help=f"List {name}, newest first, with the filters of GET {resource.url}.")
@@ -325,6 +332,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
     @click.option("--ending-before", help="Cursor: the page before this id (newer objects).")
     @click.option("--all", "follow", is_flag=True, help="Follow the pages to the end.")
     @json_option
+    @account_option
     @database_url_option()
     def list_command(
         limit: int,
@@ -332,6 +340,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
         ending_before: str | None,
         follow: bool,
         as_json: bool,
+        stripe_account: str | None,
         database_url: str | None,
         **filters: Any,
     ) -> None:
@@ -344,7 +353,7 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
                 raw[key] = value
         with reading(database_url) as connection:
             try:
-                page = _collect_pages(connection, resource, raw, follow)
+                page = _collect_pages(connection, resource, raw, follow, stripe_account)
             except InvalidRequest as problem:
                 raise _usage(problem) from None
         if as_json:
@@ -363,10 +372,13 @@ def build_group(name: str, resource: Resource, columns: Sequence[Column], help_t
     @click.command("get", help=f"Show one object, like GET {resource.url}/ID.")
     @click.argument("object_id")
     @json_option
+    @account_option
     @database_url_option()
-    def get_command(object_id: str, as_json: bool, database_url: str | None) -> None:
+    def get_command(
+        object_id: str, as_json: bool, stripe_account: str | None, database_url: str | None
+    ) -> None:
         with reading(database_url) as connection:
-            found = resource.retrieve(connection, object_id)
+            found = resource.retrieve(connection, object_id, stripe_account)
         if found is None:
             raise click.ClickException(f"No such {resource.object_name}: '{object_id}'")
         obj = json.loads(found)

@@ -66,6 +66,8 @@ class MirrorVersion(SQLModel):
     last_event_created: int = Field(sa_type=BigInteger)
     version_precedence: int = 0
     version_tiebreak: int = Field(default=0, sa_type=BigInteger)
+    # The Connect account of the event that wrote the row (null: the platform's own).
+    account: str | None = None
 
 
 class Tombstone(SQLModel):

@@ -34,6 +34,7 @@ THIN_HANDLERS: dict[str, Handler] = dict.fromkeys(METER_ERROR_EVENT_TYPES, handl
 
 def apply_event(writes: Writes, event: Event) -> None:
     """Record the writes of ``event``'s handler; an event type without one records none (ignored)."""
+    writes.account = event.account
     source = Source(event.id, event.created, event.type)
     if event.thin:
         thin_handler = THIN_HANDLERS.get(event.type)

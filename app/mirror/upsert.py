@@ -74,13 +74,13 @@ def guarded_upsert(
     if deleted_by is not None and "deleted" not in table_of(model).c:
         raise ValueError(f"{table_of(model).name} has no tombstone columns")
     prepared, tombstoned = _prepared_upsert(writes.dialect, model, tuple(key), tuple(data))
-    # The row ends with the version, then (_prepared_upsert says when) the tombstone columns.
+    # The row ends with the version and the account, then (_prepared_upsert says when) the tombstone.
     if not tombstoned:
-        tail: tuple[Any, ...] = version
+        tail: tuple[Any, ...] = (*version, writes.account)
     elif deleted_by is None:
-        tail = (*version, False, None, None)
+        tail = (*version, writes.account, False, None, None)
     else:
-        tail = (*version, True, deleted_by[0], deleted_by[1])
+        tail = (*version, writes.account, True, deleted_by[0], deleted_by[1])
     writes.add(prepared.sql, prepared.params(key, data, tail))
 
 
@@ -100,12 +100,13 @@ def guarded_upsert_many(
     if tombstoned:
         raise ValueError(f"{table_of(model).name} has tombstone columns: use guarded_upsert")
     params = prepared.params
+    tail = (*version, writes.account)
     planned: list[Any] = []
     for key, data in rows:
         # The statement was chosen by the first row: every other one must have its shape.
         if planned and (tuple(key) != key_names or tuple(data) != data_names):
             raise ValueError("guarded_upsert_many needs rows with the same columns")
-        planned.append(params(key, data, version))
+        planned.append(params(key, data, tail))
     writes.add(prepared.sql, planned, many=True)
 
 
@@ -117,7 +118,7 @@ def _prepared_upsert(
     Also says whether the table has tombstone columns (they end every row, after the version)."""
     table = table_of(model)
     tombstoned = "deleted" in table.c
-    tail = VERSION_COLUMNS + (TOMBSTONE_COLUMNS if tombstoned else ())
+    tail = (*VERSION_COLUMNS, "account", *(TOMBSTONE_COLUMNS if tombstoned else ()))
     columns = tuple(dict.fromkeys(key + data + tail))  # a name given twice is one column
     statement = _upsert_statement(dialect.name, table, key, columns, tombstoned)
     return PreparedStatement(statement, dialect, key=key, data=data, tail=tail), tombstoned

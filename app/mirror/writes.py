@@ -22,11 +22,14 @@ Write = tuple[str, Any, bool]
 class Writes:
     """The statements planned for one event, in execution order, compiled for ``dialect``."""
 
-    __slots__ = ("dialect", "planned")
+    __slots__ = ("account", "dialect", "planned")
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, account: str | None = None) -> None:
         self.dialect = dialect
         self.planned: list[Write] = []
+        # The Connect account of the event being planned (None: the platform's own): every row it
+        # writes records it.
+        self.account = account
 
     def add(self, sql: str, params: Any, many: bool = False) -> None:
         self.planned.append((sql, params, many))

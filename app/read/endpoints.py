@@ -69,13 +69,20 @@ def _guarded(handle: Callable[[Request, Engine], str]) -> SyncEndpoint:
     return endpoint
 
 
+def stripe_account(request: Request) -> str | None:
+    """The Connect account a request is made for (``Stripe-Account``), as Stripe reads it: with one,
+    only that account's objects; without, only the platform's own."""
+    return request.headers.get("stripe-account") or None
+
+
 def list_endpoint(resource: Resource) -> SyncEndpoint:
     schema = {**resource.filters, "expand": Expand(resource.list_expandable())}
 
     def handle(request: Request, engine: Engine) -> str:
         wanted = parse_list_request(parse_query_string(request.url.query), schema)
         expand = frozenset(path.removeprefix("data.") for path in wanted.filters.get("expand", ()))
-        wanted = replace(wanted, filters={k: v for k, v in wanted.filters.items() if k != "expand"})
+        filters = {key: value for key, value in wanted.filters.items() if key != "expand"}
+        wanted = replace(wanted, filters=filters, account=stripe_account(request))
         with engine.connect() as connection:
             page = resource.list_page(connection, wanted)
             if expand and resource.expand is not None:
@@ -90,6 +97,7 @@ def nested_list_endpoint(nested: NestedList) -> SyncEndpoint:
 
     def handle(request: Request, engine: Engine) -> str:
         wanted = parse_list_request(parse_query_string(request.url.query), schema)
+        wanted = replace(wanted, account=stripe_account(request))
         parent_id: str = request.path_params["parent_id"]
         with engine.connect() as connection:
             page = nested.list_page(connection, parent_id, wanted)
@@ -105,7 +113,7 @@ def retrieve_endpoint(resource: Resource) -> SyncEndpoint:
         expand = parse_params(parse_query_string(request.url.query), schema).get("expand", frozenset())
         object_id: str = request.path_params["object_id"]
         with engine.connect() as connection:
-            found = resource.retrieve(connection, object_id)
+            found = resource.retrieve(connection, object_id, stripe_account(request))
             if found is not None and expand and resource.expand is not None:
                 [found] = resource.expand(connection, [found], expand)
         if found is None:

@@ -58,9 +58,22 @@ def time_conditions(column: KeyedColumnElement[int], span: TimeRange) -> list[Co
     return conditions
 
 
-def _cursor_position(connection: Connection, listing: Listing, object_id: str, param: str) -> int:
-    """The timestamp of the cursor object; the cursor need not match the filters, only exist."""
-    found = connection.execute(select(listing.timestamp).where(listing.id == object_id)).first()
+def of_account(table: Any, account: str | None) -> ColumnElement[bool]:
+    """Rows of ``account`` (the Stripe-Account a request names), or of the platform without one:
+    what Stripe shows a request made for that account."""
+    condition: ColumnElement[bool] = (
+        table.c.account.is_(None) if account is None else table.c.account == account
+    )
+    return condition
+
+
+def _cursor_position(
+    connection: Connection, listing: Listing, object_id: str, param: str, account: str | None
+) -> int:
+    """The timestamp of the cursor object; the cursor need not match the filters, only exist (for the
+    account the request is made for)."""
+    owned = of_account(listing.id.table, account)
+    found = connection.execute(select(listing.timestamp).where(listing.id == object_id, owned)).first()
     if found is None or found[0] is None:
         raise resource_missing(listing.object_name, object_id, param=param, status=400)
     return int(found[0])
@@ -71,16 +84,17 @@ def fetch_page(
     listing: Listing,
     conditions: Sequence[ColumnElement[bool]],
     page: PageRequest,
+    account: str | None = None,
 ) -> Page:
     ts, key = listing.timestamp, listing.id
-    where: list[ColumnElement[bool]] = [ts.is_not(None), *conditions]
+    where: list[ColumnElement[bool]] = [ts.is_not(None), of_account(key.table, account), *conditions]
     backwards = page.ending_before is not None and page.starting_after is None
     if page.starting_after is not None:
-        at = _cursor_position(connection, listing, page.starting_after, "starting_after")
+        at = _cursor_position(connection, listing, page.starting_after, "starting_after", account)
         # (ts, id) < (at, cursor), written so that "ts <= at" is a plain index range on both databases.
         where += [ts <= at, or_(ts < at, key < page.starting_after)]
     elif page.ending_before is not None:
-        at = _cursor_position(connection, listing, page.ending_before, "ending_before")
+        at = _cursor_position(connection, listing, page.ending_before, "ending_before", account)
         where += [ts >= at, or_(ts > at, key > page.ending_before)]
     order = (ts.asc(), key.asc()) if backwards else (ts.desc(), key.desc())
     # One row more than asked tells whether another page follows.
@@ -93,3 +107,10 @@ def fetch_page(
     render = listing.render
     payloads = [row[0] if render is None else render(row[0], tuple(row[1:])) for row in rows]
     return Page(payloads=payloads, has_more=has_more)
+
+
+def stored_payload(connection: Connection, table: Any, object_id: str, account: str | None) -> str | None:
+    """One object's stored payload, for the account a request is made for; None when unknown there."""
+    query = select(table.c.payload).where(table.c.id == object_id, of_account(table, account))
+    found: str | None = connection.execute(query).scalar_one_or_none()
+    return found

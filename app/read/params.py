@@ -262,6 +262,7 @@ class ListRequest:
 
     page: PageRequest
     filters: Mapping[str, Any] = field(default_factory=dict)
+    account: str | None = None  # the Stripe-Account the request is made for (None: the platform)
 
 
 def parse_list_request(raw: Mapping[str, Any], filters: Mapping[str, ParamSpec]) -> ListRequest:

@@ -20,8 +20,9 @@ class Resource:
     url: str  # the list path, e.g. "/v1/invoice_payments"; retrieve is f"{url}/{{id}}"
     filters: Mapping[str, ParamSpec]  # list filters, besides limit / starting_after / ending_before
     list_page: Callable[[Connection, ListRequest], Page]
-    # The object as JSON text (a deleted object's stub where the resource has tombstones), or None.
-    retrieve: Callable[[Connection, str], str | None]
+    # The object as JSON text (a deleted object's stub where the resource has tombstones), or None;
+    # for the Connect account the request is made for (None: the platform's own).
+    retrieve: Callable[[Connection, str, str | None], str | None]
     # What ``expand`` may name on a retrieve (a list takes the same paths under ``data.``).
     expandable: frozenset[str] = frozenset()
     expand: Expander | None = None

@@ -12,10 +12,14 @@ def deleted_object(object_name: str, object_id: str) -> str:
 
 
 def retrieve_or_tombstone(
-    connection: Connection, table: Table, object_name: str, object_id: str
+    connection: Connection, table: Table, object_name: str, object_id: str, account: str | None = None
 ) -> str | None:
-    """The stored payload, Stripe's deleted object for a tombstone, or None when never seen."""
-    row = connection.execute(select(table.c.payload, table.c.deleted).where(table.c.id == object_id)).first()
+    """The stored payload, Stripe's deleted object for a tombstone, or None when never seen (by the
+    account the request is made for)."""
+    owned = table.c.account.is_(None) if account is None else table.c.account == account
+    row = connection.execute(
+        select(table.c.payload, table.c.deleted).where(table.c.id == object_id, owned)
+    ).first()
     if row is None:
         return None
     if row.deleted:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, exists
+from sqlalchemy import Table
 from sqlmodel import SQLModel
 
 from app.db.models import (
@@ -16,11 +16,9 @@ from app.db.models import (
     InvoiceItem,
     InvoicePayment,
     InvoiceRenderingTemplate,
-    StripeEvent,
 )
 from app.mirror.envelope import Event, EventSource
 from app.mirror.snapshots import snapshot_event
-from app.mirror.upsert import table_of
 from app.sync.fetch import StripeApi, is_live_key
 
 
@@ -100,12 +98,9 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[Resource]:
 
 
 def written_for_account(table: Table, account: str | None) -> Any:
-    """A condition on mirrored rows: the event that last wrote the row came from ``account`` (None:
-    the account of the key). One mirror may hold several Connect accounts; rows carry no account of
-    their own, the event that wrote them does."""
-    events = table_of(StripeEvent)
-    owner = events.c.account.is_(None) if account is None else events.c.account == account
-    return exists().where(events.c.id == table.c.last_event_id, owner)
+    """A condition on mirrored rows: written for ``account`` (None: the account of the key). One
+    mirror may hold several Connect accounts; each row records the account of the event that wrote it."""
+    return table.c.account.is_(None) if account is None else table.c.account == account
 
 
 def fetched_snapshot(

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from app.ingest.store import EventStore
 from app.mirror.envelope import EventSource, parse_event
 from app.mirror.snapshots import snapshot_event
+from app.testing.dump import rows
 from tests.support import (
     T0,
     encode,
@@ -25,6 +26,7 @@ from tests.support import (
     payment,
     payment_event,
     recorded,
+    run_cli,
     snapshot_of,
 )
 
@@ -184,3 +186,33 @@ def test_snapshot_and_thin_events_stay_out_unless_asked(
     assert error_of(api.get(f"/v1/events/{thin['id']}"), 404)["code"] == "resource_missing"
     assert ids(get(api, "/v1/events", type="snapshot.*")) == [snapshot.id]
     assert json.loads(api.get(f"/v1/events/{snapshot.id}").text)["type"] == "snapshot.invoice_payment"
+
+
+# ---- Connect: Stripe-Account ---------------------------------------------------------------
+
+
+def test_a_stripe_account_header_reads_that_account_only(api: TestClient, engine: Engine) -> None:
+    """Every row records the account of the event that wrote it; the read API answers as Stripe does:
+    with Stripe-Account only that account's objects, without it only the platform's own."""
+    theirs = make_event("invoice_payment.paid", payment("inpay_theirs", T0 + 1), created=T0 + 1)
+    theirs["account"] = "acct_connected"
+    mine = make_event("invoice_payment.paid", payment("inpay_mine", T0 + 2), created=T0 + 2)
+    ingest_batch(engine, [theirs, mine])
+    assert {row["id"]: row["account"] for row in rows(engine, "invoice_payments")} == {
+        "inpay_theirs": "acct_connected",
+        "inpay_mine": None,
+    }
+    connected = {"Stripe-Account": "acct_connected"}
+    assert ids(get(api, "/v1/invoice_payments")) == ["inpay_mine"]
+    assert ids(api.get("/v1/invoice_payments", headers=connected).json()) == ["inpay_theirs"]
+    assert api.get("/v1/invoice_payments/inpay_theirs", headers=connected).json()["id"] == "inpay_theirs"
+    assert error_of(api.get("/v1/invoice_payments/inpay_theirs"), 404)["code"] == "resource_missing"
+    cursor = api.get("/v1/invoice_payments?starting_after=inpay_mine", headers=connected)
+    assert error_of(cursor, 400)["param"] == "starting_after"
+    assert ids(api.get("/v1/events", headers=connected).json()) == [theirs["id"]]
+    assert ids(get(api, "/v1/events")) == [mine["id"]]
+    listed = run_cli(
+        "payments", "list", "--json", "--stripe-account", "acct_connected", "--database-url", str(engine.url)
+    )
+    assert listed.exit_code == 0, listed.output
+    assert [obj["id"] for obj in json.loads(listed.output)["data"]] == ["inpay_theirs"]

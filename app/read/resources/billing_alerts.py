@@ -6,11 +6,11 @@ pagination runs with a constant timestamp.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, literal, select
+from sqlalchemy import ColumnElement, Connection, literal
 
 from app.db.models import BillingAlert
 from app.mirror.upsert import table_of
-from app.read.pagination import Listing, Page, fetch_page
+from app.read.pagination import Listing, Page, fetch_page, stored_payload
 from app.read.params import ListRequest, ParamSpec, Text
 from app.read.resource import Resource
 
@@ -23,11 +23,11 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     conditions: list[ColumnElement[bool]] = [
         TABLE.c[name] == request.filters[name] for name in FILTERS if name in request.filters
     ]
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, alert_id: str) -> str | None:
-    return connection.execute(select(TABLE.c.payload).where(TABLE.c.id == alert_id)).scalar_one_or_none()
+def retrieve(connection: Connection, alert_id: str, account: str | None = None) -> str | None:
+    return stored_payload(connection, TABLE, alert_id, account)
 
 
 RESOURCE = Resource(

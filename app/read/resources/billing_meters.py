@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, select
+from sqlalchemy import ColumnElement, Connection
 
 from app.db.models import BillingMeter
 from app.mirror.upsert import table_of
-from app.read.pagination import Listing, Page, fetch_page
+from app.read.pagination import Listing, Page, fetch_page, stored_payload
 from app.read.params import Choice, ListRequest, ParamSpec
 from app.read.resource import Resource
 
@@ -19,11 +19,11 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     conditions: list[ColumnElement[bool]] = []
     if "status" in request.filters:
         conditions.append(TABLE.c.status == request.filters["status"])
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, meter_id: str) -> str | None:
-    return connection.execute(select(TABLE.c.payload).where(TABLE.c.id == meter_id)).scalar_one_or_none()
+def retrieve(connection: Connection, meter_id: str, account: str | None = None) -> str | None:
+    return stored_payload(connection, TABLE, meter_id, account)
 
 
 RESOURCE = Resource(

@@ -18,7 +18,7 @@ from app.db.models import StripeEvent
 from app.mirror.snapshots import SNAPSHOT_PREFIX
 from app.mirror.upsert import table_of
 from app.read.errors import InvalidRequest
-from app.read.pagination import Listing, Page, fetch_page, time_conditions
+from app.read.pagination import Listing, Page, fetch_page, of_account, time_conditions
 from app.read.params import Array, ListRequest, ParamSpec, Text, Timestamp
 from app.read.resource import Resource
 
@@ -57,13 +57,14 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
         conditions.append(~TABLE.c.type.startswith(SNAPSHOT_PREFIX, autoescape=True))
     if "created" in filters:
         conditions += time_conditions(TABLE.c.created, filters["created"])
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, event_id: str) -> str | None:
-    found = connection.execute(
-        select(TABLE.c.payload).where(TABLE.c.id == event_id, TABLE.c.thin == false())
-    ).scalar_one_or_none()
+def retrieve(connection: Connection, event_id: str, account: str | None = None) -> str | None:
+    query = select(TABLE.c.payload).where(
+        TABLE.c.id == event_id, TABLE.c.thin == false(), of_account(TABLE, account)
+    )
+    found: str | None = connection.execute(query).scalar_one_or_none()
     return found
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Connection, false, or_, select
 from app.db.models import InvoiceItem, InvoiceItemInvoice, item_invoice
 from app.json_text import json_text, json_value
 from app.mirror.upsert import table_of
-from app.read.pagination import Listing, Page, fetch_page, time_conditions
+from app.read.pagination import Listing, Page, fetch_page, of_account, time_conditions
 from app.read.params import Boolean, ListRequest, ParamSpec, Text, Timestamp
 from app.read.resource import Resource
 from app.read.tombstones import deleted_object
@@ -84,12 +84,12 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
             conditions.append(CURRENT_INVOICE.is_not(None))
     if "created" in filters:
         conditions += time_conditions(TABLE.c.date, filters["created"])
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, item_id: str) -> str | None:
+def retrieve(connection: Connection, item_id: str, account: str | None = None) -> str | None:
     query = select(TABLE.c.payload, TABLE.c.deleted, TABLE.c.invoice, CURRENT_INVOICE).where(
-        TABLE.c.id == item_id
+        TABLE.c.id == item_id, of_account(TABLE, account)
     )
     row = connection.execute(query).first()
     if row is None:

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, false, select
 from app.db.models import Invoice, InvoiceLineItem
 from app.mirror.upsert import table_of
 from app.read.errors import resource_missing
-from app.read.pagination import Listing, Page, fetch_page
+from app.read.pagination import Listing, Page, fetch_page, of_account
 from app.read.params import ListRequest, ParamSpec
 from app.read.resource import NestedList
 
@@ -24,12 +24,15 @@ LISTING = Listing("line_item", TABLE.c.id, (-TABLE.c.position).label("negated_po
 def list_page(connection: Connection, invoice_id: str, request: ListRequest) -> Page:
     known = connection.execute(
         select(INVOICES.c.id).where(
-            INVOICES.c.id == invoice_id, INVOICES.c.deleted == false(), INVOICES.c.payload.is_not(None)
+            INVOICES.c.id == invoice_id,
+            INVOICES.c.deleted == false(),
+            INVOICES.c.payload.is_not(None),
+            of_account(INVOICES, request.account),
         )
     ).first()
     if known is None:
         raise resource_missing("invoice", invoice_id, param="invoice", status=404)
-    return fetch_page(connection, LISTING, [TABLE.c.invoice == invoice_id], request.page)
+    return fetch_page(connection, LISTING, [TABLE.c.invoice == invoice_id], request.page, request.account)
 
 
 LINES = NestedList(

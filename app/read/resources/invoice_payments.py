@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, select
+from sqlalchemy import ColumnElement, Connection
 
 from app.db.models import InvoicePayment
 from app.mirror.upsert import table_of
 from app.read.errors import InvalidRequest
-from app.read.pagination import Listing, Page, fetch_page, time_conditions
+from app.read.pagination import Listing, Page, fetch_page, stored_payload, time_conditions
 from app.read.params import Choice, ListRequest, Object, ParamSpec, Text, Timestamp
 from app.read.resource import Resource
 
@@ -53,11 +53,11 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
         conditions += time_conditions(TABLE.c.created, filters["created"])
     if "payment" in filters:
         conditions += _payment_conditions(filters["payment"])
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, payment_id: str) -> str | None:
-    return connection.execute(select(TABLE.c.payload).where(TABLE.c.id == payment_id)).scalar_one_or_none()
+def retrieve(connection: Connection, payment_id: str, account: str | None = None) -> str | None:
+    return stored_payload(connection, TABLE, payment_id, account)
 
 
 RESOURCE = Resource(

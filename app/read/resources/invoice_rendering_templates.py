@@ -3,11 +3,11 @@ GET /v1/invoice_rendering_templates and /v1/invoice_rendering_templates/{id}."""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, select
+from sqlalchemy import ColumnElement, Connection
 
 from app.db.models import InvoiceRenderingTemplate
 from app.mirror.upsert import table_of
-from app.read.pagination import Listing, Page, fetch_page
+from app.read.pagination import Listing, Page, fetch_page, stored_payload
 from app.read.params import Choice, ListRequest, ParamSpec
 from app.read.resource import Resource
 
@@ -20,12 +20,11 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
     conditions: list[ColumnElement[bool]] = []
     if "status" in request.filters:
         conditions.append(TABLE.c.status == request.filters["status"])
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, template_id: str) -> str | None:
-    found = select(TABLE.c.payload).where(TABLE.c.id == template_id)
-    return connection.execute(found).scalar_one_or_none()
+def retrieve(connection: Connection, template_id: str, account: str | None = None) -> str | None:
+    return stored_payload(connection, TABLE, template_id, account)
 
 
 RESOURCE = Resource(

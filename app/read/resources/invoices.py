@@ -42,11 +42,11 @@ def list_page(connection: Connection, request: ListRequest) -> Page:
             conditions.append(TABLE.c[name] == filters[name])
     if "created" in filters:
         conditions += time_conditions(TABLE.c.created, filters["created"])
-    return fetch_page(connection, LISTING, conditions, request.page)
+    return fetch_page(connection, LISTING, conditions, request.page, request.account)
 
 
-def retrieve(connection: Connection, invoice_id: str) -> str | None:
-    return retrieve_or_tombstone(connection, TABLE, "invoice", invoice_id)
+def retrieve(connection: Connection, invoice_id: str, account: str | None = None) -> str | None:
+    return retrieve_or_tombstone(connection, TABLE, "invoice", invoice_id, account)
 
 
 def expand(connection: Connection, payloads: list[str], paths: frozenset[str]) -> list[str]:
