@@ -26,5 +26,7 @@ def json_value(text: str | bytes) -> Any:
     is not JSON and words the error (ValueError)."""
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):  # past 1,024 levels: refused, not recursed into
+            raise
         return json.loads(text)

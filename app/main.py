@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.db.engine import is_sqlite, make_engine, sqlite_path
 from app.ingest.committer import Committer, GroupCommitter
+from app.ingest.retrier import FailedEventRetrier
 from app.ingest.sqlite_committer import SqliteCommitter
 from app.ingest.store import EventStore
 from app.read.auth import HOW_TO_OPEN
@@ -21,7 +22,7 @@ from app.read.endpoints import api_routes
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.webhook.endpoint import receive_stripe_webhook
 from app.webhook.errors import http_exception_handler
-from app.webhook.health import healthz
+from app.webhook.health import healthz, readyz
 
 logger = logging.getLogger("billing_mirror")
 
@@ -34,6 +35,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         *api_routes(),
     ]
 
@@ -69,8 +71,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.error(HOW_TO_SET_SECRET)
         if not resolved.api_keys:
             logger.warning(HOW_TO_OPEN)
-        engine = make_engine(resolved.database_url)
-        read_engine = make_engine(resolved.database_url, for_writing=False)
+        timeout = resolved.database_timeout_seconds
+        engine = make_engine(resolved.database_url, timeout_seconds=timeout)
+        read_engine = make_engine(resolved.database_url, for_writing=False, timeout_seconds=timeout)
         background = None
         if resolved.stripe_api_key:  # stripe-python and friends load only for a receiver that syncs
             from app.sync.background import BackgroundSync
@@ -83,11 +86,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 app.state.committer = committer
                 app.state.background_sync = background
                 thresholds = _collect_garbage_less_often()
+                retrier = FailedEventRetrier(committer, read_engine, resolved.retry_seconds)
+                app.state.retrier = retrier
+                retrier.start()
                 if background is not None:
                     background.start()
                 try:
                     yield  # leaving the block, the committer answers every event already received
                 finally:
+                    await retrier.stop()
                     if background is not None:
                         background.stop()
                     gc.set_threshold(*thresholds)

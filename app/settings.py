@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -27,6 +27,16 @@ DEFAULT_STRIPE_API_VERSION = "2026-07-29.dahlia"
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 # How often `serve` with an API key reads again what the mirror knows is out of date.
 DEFAULT_REFRESH_SECONDS = 60
+# How long a delivery waits for its commit before it is answered 503 (the database is out or hung).
+DEFAULT_DATABASE_TIMEOUT_SECONDS = 5
+# How often `serve` re-applies failed events whose back-off has passed.
+DEFAULT_RETRY_SECONDS = 60
+# `serve`'s guards against idle and slow clients (app.server): seconds for a whole request head, for a
+# whole body after its head, between requests on a kept-alive connection; connections per process.
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10
+DEFAULT_BODY_TIMEOUT_SECONDS = 30
+DEFAULT_KEEP_ALIVE_SECONDS = 5
+DEFAULT_MAX_CONNECTIONS = 1000
 HOW_TO_SET_SECRET = (
     "No webhook signing secret is configured. Set STRIPE_WEBHOOK_SECRET to the endpoint's signing secret "
     "(whsec_...), or several separated by commas while you roll a secret, e.g. "
@@ -97,6 +107,29 @@ class Settings(BaseSettings):
     # the mirror knows is out of date every so many seconds (when an API key is set).
     catch_up_seconds: int | None = Field(None, validation_alias="BILLING_MIRROR_CATCH_UP_EVERY")
     refresh_seconds: int = Field(DEFAULT_REFRESH_SECONDS, validation_alias="BILLING_MIRROR_REFRESH_EVERY")
+    # When a verified delivery is answered 2xx: once stored (the default; Stripe's retries add nothing
+    # once the raw event is safe, and the mirror re-applies failed events itself), or only once
+    # applied (500 until a delivery applies it).
+    answer_after: Literal["stored", "applied"] = Field(
+        "stored", validation_alias="BILLING_MIRROR_ANSWER_AFTER"
+    )
+    # Seconds a delivery waits for its commit before it is answered 503; also the database's
+    # connect, lock and statement time limits are derived from it (app.db.engine).
+    database_timeout_seconds: int = Field(
+        DEFAULT_DATABASE_TIMEOUT_SECONDS, validation_alias="BILLING_MIRROR_DATABASE_TIMEOUT"
+    )
+    # `serve`: look for failed events whose back-off has passed (and re-apply them) this often.
+    retry_seconds: int = Field(DEFAULT_RETRY_SECONDS, validation_alias="BILLING_MIRROR_RETRY_EVERY")
+    # `serve`: how long idle and slow clients may hold a connection, and how many connections each
+    # server process holds at most (app.server).
+    header_timeout_seconds: int = Field(
+        DEFAULT_HEADER_TIMEOUT_SECONDS, validation_alias="BILLING_MIRROR_HEADER_TIMEOUT"
+    )
+    body_timeout_seconds: int = Field(
+        DEFAULT_BODY_TIMEOUT_SECONDS, validation_alias="BILLING_MIRROR_BODY_TIMEOUT"
+    )
+    keep_alive_seconds: int = Field(DEFAULT_KEEP_ALIVE_SECONDS, validation_alias="BILLING_MIRROR_KEEP_ALIVE")
+    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, validation_alias="BILLING_MIRROR_MAX_CONNECTIONS")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -130,7 +163,15 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return split_secrets(value) if isinstance(value, str) else value
 
-    @field_validator("catch_up_seconds", "refresh_seconds", mode="before")
+    @field_validator(
+        "catch_up_seconds",
+        "refresh_seconds",
+        "retry_seconds",
+        "header_timeout_seconds",
+        "body_timeout_seconds",
+        "keep_alive_seconds",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: Any, info: ValidationInfo) -> Any:
         """Text (the environment's, or an option) is a duration: 90, 90s, 5m, 2h."""
@@ -144,7 +185,9 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ConfigurationError(f"{cls.model_fields[info.field_name].validation_alias}: {exc}") from None
 
-    @field_validator("tolerance_seconds", "max_body_bytes", mode="before")
+    @field_validator(
+        "tolerance_seconds", "max_body_bytes", "database_timeout_seconds", "max_connections", mode="before"
+    )
     @classmethod
     def _positive_whole_number(cls, value: Any, info: ValidationInfo) -> Any:
         """Text (the environment's) must be a whole number above 0; blank means the default. Checked

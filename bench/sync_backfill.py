@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib
 import json
 import os
 import statistics
@@ -55,6 +56,8 @@ CATCH_UP_RPS = "1000"  # the client's limit for catch-up runs (the server has no
 TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_SECONDS = 0.1
 POSTMASTER: int | None = None  # PostgreSQL's root process on this machine, found at the start
+BUFFER_MS: int | None = None  # --limiter-buffer-ms: the experiment's limiter (None: the app's own)
+LIMITER_SECONDS = 12.0  # the limiter-only measurement: 2 s of start, 10 s counted
 
 
 # ---- the test server's process --------------------------------------------------------------------
@@ -138,6 +141,14 @@ def proc_children(pid: int) -> set[int]:
     return found
 
 
+def is_python(pid: int) -> bool:
+    """A Python child (the SQLite writer), not a short-lived tool the SDK runs (``uname -p``)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().startswith("python")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def postmaster_pid() -> int | None:
     """The PostgreSQL server's root process on this machine (a ``postgres`` whose parent is not one)."""
     names: dict[int, tuple[str, int]] = {}
@@ -178,8 +189,8 @@ def machine_busy() -> tuple[int, int]:
 
 
 class Sampler(threading.Thread):
-    """Polls /proc while a sync runs: CPU and peak RSS of the process and of its children (the SQLite
-    writer), and the CPU of PostgreSQL's processes (a backend's CPU is read until it exits, so only
+    """Polls /proc while a sync runs: CPU and peak RSS of the process and of its Python children (the
+    SQLite writer), and the CPU of PostgreSQL's processes (a backend's CPU is read until it exits, so only
     its last interval is lost)."""
 
     def __init__(self, pid: int, postgres_root: int | None, postgres_before: dict[int, float]) -> None:
@@ -201,7 +212,7 @@ class Sampler(threading.Thread):
     def sample(self) -> None:
         now = time.monotonic()
         self.machine.append((now, *machine_busy()))
-        for pid in (self.pid, *proc_children(self.pid)):
+        for pid in (self.pid, *filter(is_python, proc_children(self.pid))):
             peak, cpu = proc_peak_mib(pid), proc_cpu_seconds(pid)
             if peak is not None:
                 self.peak_mib[pid] = peak
@@ -328,7 +339,7 @@ def fresh_database(kind: str) -> Iterator[str]:
         yield url
 
 
-def count_rows(url: str, sql: str) -> int:
+def query_row(url: str, sql: str) -> tuple[Any, ...]:
     from sqlalchemy import create_engine, text
 
     from app.db.engine import normalize_url
@@ -336,9 +347,19 @@ def count_rows(url: str, sql: str) -> int:
     engine = create_engine(normalize_url(url))
     try:
         with engine.connect() as connection:
-            return int(connection.execute(text(sql)).scalar_one())
+            return tuple(connection.execute(text(sql)).one())
     finally:
         engine.dispose()
+
+
+def count_rows(url: str, sql: str) -> int:
+    return int(query_row(url, sql)[0])
+
+
+WINDOWS_SQL = (
+    "SELECT count(*), COALESCE(SUM(pages), 0), COALESCE(SUM(CASE WHEN pages <= 1 THEN 1 ELSE 0 END), 0)"
+    " FROM sync_windows"
+)
 
 
 def postgres_reachable() -> bool:
@@ -382,6 +403,7 @@ class Run:
     machine_busy: float  # share of all cores busy from the first answer to the end
     returncode: int
     note: str = ""
+    read: int = 0  # objects in the pages read, those read twice included (0: unknown)
 
     @property
     def ok(self) -> bool:
@@ -399,13 +421,18 @@ class Run:
         return seconds / self.requests * 1e6 if self.requests else 0.0
 
 
+def _program() -> list[str]:
+    """``billing-mirror``, or the variant of the experiment (bench/sync_variant.py)."""
+    if BUFFER_MS is None:
+        return [sys.executable, "-m", "app.cli.main"]
+    return [sys.executable, "-m", "bench.sync_variant", str(BUFFER_MS)]
+
+
 def _sync_command(resource: str, api_base: str, url: str, rps: str, threads: int) -> list[str]:
     from tests.stripe_server.app import API_KEY, API_VERSION
 
     return [
-        sys.executable,
-        "-m",
-        "app.cli.main",
+        *_program(),
         "sync",
         resource,
         "--api-key",
@@ -455,6 +482,7 @@ def _run(
     expected: int,
     measured: tuple[Finished, dict[str, Any]],
     note: str = "",
+    read: int = 0,
 ) -> Run:
     finished, stats = measured
     statuses = {int(status): count for status, count in stats["statuses"].items()}
@@ -481,6 +509,7 @@ def _run(
         machine_busy=finished.sampler.busy_between(first, finished.ended),
         returncode=finished.returncode,
         note=note,
+        read=read,
     )
 
 
@@ -500,29 +529,32 @@ def backfill(
         command = _sync_command(resource, server.url, url, f"{rate:g}", threads)
         measured = _measure(server, rate, command)
         stored = count_rows(url, f"SELECT count(*) FROM {table}")
+        windows, pages, one_page = query_row(url, WINDOWS_SQL)
     finished = measured[0]
     note = _failure(finished)
+    read = 0
     if not note and finished.stdout.strip():
         report = json.loads(finished.stdout.strip().splitlines()[-1])
         read = sum(int(item["objects"]) for item in report)
-        note = f"{read - stored:,} read twice" if read != stored else ""
-    return _run("backfill", resource, database, rate, round_number, stored, expected, measured, note)
+        note = f"{read - stored:,} read twice; " if read != stored else ""
+        note += f"{windows:,} windows, {one_page:,} of one page or none, {pages:,} pages"
+    return _run("backfill", resource, database, rate, round_number, stored, expected, measured, note, read)
 
 
 def fetch_only(server: ServerProcess, rate: float, round_number: int, resource: str, threads: int) -> Run:
     expected = int(server.facts[resource])
     with fresh_database("sqlite") as url:  # for the checkpoints' reads only: pages are written nowhere
         command = [sys.executable, "-m", "bench.sync_backfill", "--child-fetch-only", server.url, url]
-        command += [f"{rate:g}", str(threads), RESOURCES[resource][0]]
+        command += [f"{rate:g}", str(threads), RESOURCES[resource][0], str(BUFFER_MS)]
         measured = _measure(server, rate, command)
     finished = measured[0]
     note = _failure(finished)
-    seen = 0
+    seen = read = 0
     if not note:
         report = json.loads(finished.stdout.strip().splitlines()[-1])
-        seen = int(report["distinct"])
-        note = f"{report['read'] - seen:,} read twice" if report["read"] != seen else ""
-    return _run("fetch only", resource, "-", rate, round_number, seen, expected, measured, note)
+        seen, read = int(report["distinct"]), int(report["read"])
+        note = f"{read - seen:,} read twice" if read != seen else ""
+    return _run("fetch only", resource, "-", rate, round_number, seen, expected, measured, note, read)
 
 
 def catch_up(server: ServerProcess, database: str, round_number: int, threads: int) -> Run:
@@ -539,6 +571,63 @@ def catch_up(server: ServerProcess, database: str, round_number: int, threads: i
         if report["applied"] != expected or report["failed"]:
             note = f"applied {report['applied']:,}, failed {report['failed']:,}, stale {report['stale']:,}"
     return _run("catch-up", "events", database, None, round_number, stored, expected, measured, note)
+
+
+def limiter_only(rate: float, round_number: int, threads: int) -> Run:
+    """The sync's own limiters (StripeReader: one for the endpoint, one in all), no HTTP: ``threads``
+    threads take slots as fast as they are given, for 12 s; the last 10 s are counted."""
+    from app.sync.fetch import StripeApi, StripeReader
+    from tests.stripe_server.app import API_KEY, API_VERSION
+
+    if BUFFER_MS is not None:
+        from bench.sync_variant import patch_limiter
+
+        patch_limiter(BUFFER_MS)
+    api = StripeApi(API_KEY, API_VERSION, api_base=f"http://{HOST}:9", max_rps=rate, max_endpoint_rps=rate)
+    reader = StripeReader(api)
+    started = time.monotonic()
+    counting_from, end = started + 2.0, started + LIMITER_SECONDS
+    counted = [0]
+    lock = threading.Lock()
+
+    def take() -> None:
+        while True:
+            reader._acquire("/v1/invoiceitems")  # the benchmark calls inside: the limiter alone
+            now = time.monotonic()
+            if now >= end:
+                return
+            if now >= counting_from:
+                with lock:
+                    counted[0] += 1
+
+    workers = [threading.Thread(target=take, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    seconds = end - counting_from
+    return Run(
+        kind="limiter",
+        resource="slots",
+        database="-",
+        rate=rate,
+        round=round_number,
+        objects=counted[0] * PAGE,
+        expected=counted[0] * PAGE,
+        seconds=seconds,
+        requests=counted[0],
+        limited=0,
+        other=0,
+        sync_peak_mib=None,
+        writer_peak_mib=None,
+        sync_cpu=0.0,
+        writer_cpu=0.0,
+        server_cpu=0.0,
+        postgres_cpu=0.0,
+        machine_busy=0.0,
+        returncode=0,
+        note="no HTTP: slots x 100 objects",
+    )
 
 
 # ---- the fetch-only child ---------------------------------------------------------------------------
@@ -571,7 +660,13 @@ class NullStore:
             yield [IngestResult(event.id, Outcome.APPLIED) for event in planned]
 
 
-def child_fetch_only(api_base: str, database_url: str, rate: str, threads: str, resource: str) -> None:
+def child_fetch_only(
+    api_base: str, database_url: str, rate: str, threads: str, resource: str, buffer_ms: str
+) -> None:
+    if buffer_ms != "None":
+        from bench.sync_variant import patch_limiter
+
+        patch_limiter(int(buffer_ms))
     from app.db.engine import make_engine
     from app.sync.backfill import Backfill
     from app.sync.fetch import StripeApi, StripeReader
@@ -599,8 +694,8 @@ def _mib(value: float | None) -> str:
 
 HEADER = (
     f"{'run':<11} {'database':<10} {'R':>4} {'rnd':>3} {'objects':>10} {'s':>7} {'req/s':>7} {'obj/s':>8}"
-    f" {'/Rx100':>7} {'/fetch':>7} {'429':>4} {'peak MiB':>10} {'CPU µs/page':>13} {'server':>6}"
-    f" {'µs/req':>6} {'PG µs/pg':>8} {'busy':>5}  check"
+    f" {'/Rx100':>7} {'/fetch':>7} {'obj/req':>7} {'429':>4} {'peak MiB':>10} {'CPU µs/page':>13}"
+    f" {'server':>6} {'µs/req':>6} {'PG µs/pg':>8} {'busy':>5}  check"
 )
 
 
@@ -617,10 +712,17 @@ def row(run: Run, baseline: Run | None) -> str:
     if run.note:
         check += f" ({run.note})"
     rate = f"{run.rate:g}" if run.rate else "-"
+    per_request = f"{(run.read or run.objects) / run.requests:.1f}" if run.requests else "-"
+    if run.kind == "limiter":
+        return (
+            f"{run.kind:<11} {run.database:<10} {rate:>4} {run.round:>3} {run.objects:>10,}"
+            f" {run.seconds:>7.1f} {run.requests / run.seconds:>7.1f} {run.rate_objects:>8,.0f} {ratio:>7}"
+            f"  ({run.note})"
+        )
     return (
         f"{run.kind:<11} {run.database:<10} {rate:>4} {run.round:>3} {run.objects:>10,} {run.seconds:>7.1f}"
         f" {run.requests / run.seconds if run.seconds else 0:>7.1f} {run.rate_objects:>8,.0f} {ratio:>7}"
-        f" {against:>7} {run.limited:>4} {peak:>10} {cpu:>13} {server_share:>6.1%}"
+        f" {against:>7} {per_request:>7} {run.limited:>4} {peak:>10} {cpu:>13} {server_share:>6.1%}"
         f" {run.per_request_us(run.server_cpu):>6.0f} {postgres:>8} {run.machine_busy:>5.0%}  {check}"
     )
 
@@ -650,7 +752,8 @@ def print_summary(runs: list[Run]) -> None:
     for (kind, resource, database, rate), members in groups.items():
         rates = [member.rate_objects for member in members]
         label = f"{kind} {resource}, {database}" + (f", R={rate:g}" if rate else "")
-        line = f"  {label:<38} {statistics.median(rates):>9,.0f} objects/s"
+        unit = "events/s" if kind == "catch-up" else "objects/s"
+        line = f"  {label:<38} {statistics.median(rates):>9,.0f} {unit}"
         if rate:
             ratios = [member.ratio or 0.0 for member in members]
             median = statistics.median(ratios)
@@ -710,6 +813,13 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the fetch-only runs")
     parser.add_argument("--no-catch-up", action="store_true", help="skip the sync events runs")
     parser.add_argument("--no-backfill", action="store_true", help="only the catch-up runs")
+    parser.add_argument(
+        "--limiter-buffer-ms",
+        type=int,
+        default=None,
+        help="EXPERIMENT: run the sync with its limiters' pyrate-limiter buffer_ms set to this"
+        " (bench/sync_variant.py; the app uses app.sync.fetch.LIMITER_BUFFER_MS)",
+    )
     args = parser.parse_args()
     objects = args.objects if args.objects is not None else (50_000 if args.quick else 1_000_000)
     events = args.events if args.events is not None else (20_000 if args.quick else 100_000)
@@ -718,15 +828,32 @@ def main() -> None:
     databases = [name for name in args.databases.split(",") if name]
     if args.no_catch_up:
         events = 0
-    global POSTMASTER
+    global POSTMASTER, BUFFER_MS
     POSTMASTER = postmaster_pid()
+    BUFFER_MS = args.limiter_buffer_ms
     if "postgresql" in databases and not postgres_reachable():
         print("PostgreSQL: not reachable, skipped")
         databases.remove("postgresql")
     resources = ["items"] + (["invoices"] if args.invoices else [])
 
+    # Imported now, not when first needed: app/ may be edited while a long run goes on.
+    for module in (
+        "app.db.engine",
+        "app.db.migrate",
+        "app.sync.fetch",
+        "tests.support",
+        "bench.sync_variant",
+    ):
+        importlib.import_module(module)
+
     load = os.getloadavg()
-    print(f"code: {code_version()}")
+    version = code_version()
+    print(f"code: {version}")
+    if args.limiter_buffer_ms is not None:
+        print(
+            f"EXPERIMENT: the sync's limiters wait {args.limiter_buffer_ms} ms beyond what they must"
+            " (bench/sync_variant.py), not the app's app.sync.fetch.LIMITER_BUFFER_MS"
+        )
     print(
         f"sync benchmark: {objects:,} invoice items, {args.invoices:,} invoices, {events:,} events;"
         f" rates {', '.join(f'{rate:g}' for rate in rates)} requests/s; {', '.join(databases)};"
@@ -760,6 +887,8 @@ def main() -> None:
             for resource in resources if not args.no_backfill else []:
                 for rate in rates:
                     if not args.no_baseline:
+                        if resource == "items":
+                            record(limiter_only(rate, round_number, args.threads))
                         record(fetch_only(server, rate, round_number, resource, args.threads))
                     for database in order:
                         record(backfill(server, database, rate, round_number, resource, args.threads))
@@ -769,6 +898,8 @@ def main() -> None:
         stats = server.control("GET", "stats")
         print(f"\ntest server peak RSS {stats['peak_rss_mib']:,.0f} MiB")
     print_summary(runs)
+    if code_version() != version:
+        print(f"\nWARNING: the code changed during the run: {version} then {code_version()}")
     print(
         "\ncolumns: time from the server's first answer to the end of the sync process; objects: distinct,"
         " counted in the mirror afterwards (fetch only: distinct ids seen); /Rx100: objects/s against"
@@ -783,6 +914,6 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child-fetch-only":
         sys.path.insert(0, str(ROOT))
-        child_fetch_only(*sys.argv[2:7])
+        child_fetch_only(*sys.argv[2:8])
     else:
         main()

@@ -416,10 +416,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _limit_open_files(soft: int, hard: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class LiveServer:
     """``billing-mirror serve`` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, database_url: str, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+        open_files: tuple[int, int] | None = None,
+    ) -> None:
+        """``open_files``: the server's (soft, hard) limits on open files."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": SECRET}
@@ -440,6 +453,7 @@ class LiveServer:
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if open_files is None else lambda: _limit_open_files(*open_files),
         )
         self._wait_ready()
 

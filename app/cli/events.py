@@ -13,12 +13,15 @@ from sqlalchemy import Engine
 
 from app.cli.options import database_url_option, unix_seconds
 from app.cli.tables import print_table
+from app.mirror.outcome import Outcome
 from app.recording.stored_events import (
     OUTCOMES,
     EventFilter,
+    count_dead_letters,
     failed_event_ids,
     get_event,
     iter_payloads,
+    list_dead_letters,
     list_events,
     retry_events,
     single_line,
@@ -115,11 +118,41 @@ def list_command(
     database_url: str | None,
     limit: int,
 ) -> None:
-    """List stored events, newest first: id, created, type, outcome, attempts, error."""
+    """List stored events, newest first: id, created, type, outcome, attempts, error. With
+    ``--status refused``: the verified deliveries kept as dead letters (not events the mirror could
+    store), with why."""
+    refused = Outcome.REFUSED.value in statuses
+    event_statuses = tuple(status for status in statuses if status != Outcome.REFUSED.value)
     with read_engine(database_url) as engine:
-        rows = list_events(engine, EventFilter(since, until, types, statuses), limit)
+        where = EventFilter(since, until, types, event_statuses)
+        rows = list_events(engine, where, limit) if event_statuses or not refused else []
+        letters = list_dead_letters(engine, where, limit) if refused else []
+        unlisted_letters = 0 if refused else count_dead_letters(engine)
+    if letters:
+        print_table(
+            ["DEAD LETTER", "RECEIVED", "SOURCE", "REASON", "EVENT ID", "TYPE", "BYTES", "MESSAGE"],
+            [
+                [
+                    str(letter.id),
+                    str(letter.received_at)[:19],
+                    letter.source,
+                    letter.reason,
+                    letter.event_id or "",
+                    letter.event_type or "",
+                    str(letter.size),
+                    letter.message[:100],
+                ]
+                for letter in letters
+            ],
+        )
+    if unlisted_letters:
+        click.echo(
+            f"{unlisted_letters} refused deliveries are kept as dead letters: events list --status refused",
+            err=True,
+        )
     if not rows:
-        click.echo("no stored event matches", err=True)
+        if not letters:
+            click.echo("no stored event matches", err=True)
         return
     print_table(
         ["ID", "CREATED", "TYPE", "OUTCOME", "ATTEMPTS", "ERROR"],

@@ -48,6 +48,26 @@ def migrate(database_url: str | None) -> None:
     "--refresh-every",
     help="With STRIPE_API_KEY: read again what the mirror knows is out of date this often (default 60s).",
 )
+@click.option(
+    "--header-timeout",
+    help="Close a connection whose request head is not complete this long after it opened or after"
+    " the previous response (default 10s); or BILLING_MIRROR_HEADER_TIMEOUT.",
+)
+@click.option(
+    "--body-timeout",
+    help="Answer 408 to a request whose body is not complete this long after its head (default 30s);"
+    " or BILLING_MIRROR_BODY_TIMEOUT.",
+)
+@click.option(
+    "--keep-alive",
+    help="Close a kept-alive connection silent this long after a response (default 5s); or"
+    " BILLING_MIRROR_KEEP_ALIVE.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    help="Connections each server process holds at most (default 1000); or BILLING_MIRROR_MAX_CONNECTIONS.",
+)
 def serve(
     host: str,
     port: int,
@@ -59,11 +79,15 @@ def serve(
     no_migrate: bool,
     catch_up_every: str | None,
     refresh_every: str | None,
+    header_timeout: str | None,
+    body_timeout: str | None,
+    keep_alive: str | None,
+    max_connections: int | None,
 ) -> None:
     """Run the webhook receiver (and read API) with uvicorn."""
     import os
 
-    import uvicorn
+    from app.server import run_server
 
     try:
         settings = Settings.from_env(
@@ -73,6 +97,10 @@ def serve(
             max_body_bytes=max_body_bytes,
             catch_up_seconds=catch_up_every,
             refresh_seconds=refresh_every,
+            header_timeout_seconds=header_timeout,
+            body_timeout_seconds=body_timeout,
+            keep_alive_seconds=keep_alive,
+            max_connections=max_connections,
         )
         settings.require_secrets()
         if settings.catch_up_seconds and not settings.stripe_api_key:
@@ -91,16 +119,12 @@ def serve(
     if settings.catch_up_seconds:
         os.environ["BILLING_MIRROR_CATCH_UP_EVERY"] = str(settings.catch_up_seconds)
     os.environ["BILLING_MIRROR_REFRESH_EVERY"] = str(settings.refresh_seconds)
+    os.environ["BILLING_MIRROR_HEADER_TIMEOUT"] = str(settings.header_timeout_seconds)
+    os.environ["BILLING_MIRROR_BODY_TIMEOUT"] = str(settings.body_timeout_seconds)
+    os.environ["BILLING_MIRROR_KEEP_ALIVE"] = str(settings.keep_alive_seconds)
+    os.environ["BILLING_MIRROR_MAX_CONNECTIONS"] = str(settings.max_connections)
     click.echo(f"billing-mirror listening on http://{host}:{port}/webhooks/stripe", err=True)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
+    run_server(settings, host=host, port=port, workers=workers)
 
 
 from app.cli.events import events  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -43,12 +44,43 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def make_engine(url: str, *, for_writing: bool = True, **kwargs: Any) -> Engine:
-    """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer."""
+def postgres_connect_args(timeout_seconds: float | None) -> dict[str, Any]:
+    """libpq settings so that a database that is down, cut off or hung fails a connection in bounded
+    time instead of holding it: a connect timeout, TCP keep-alives and a TCP user timeout (a black
+    hole), and with ``timeout_seconds`` (a receiver) lock and statement limits derived from it."""
+    connect_seconds = max(1, math.ceil(timeout_seconds)) if timeout_seconds else 10
+    args: dict[str, Any] = {
+        "connect_timeout": connect_seconds,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 3,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 1000 * (connect_seconds + 10),
+    }
+    if timeout_seconds:
+        milliseconds = int(timeout_seconds * 1000)
+        # A commit's statements take milliseconds; three times the answer's deadline frees a writer
+        # that the database holds long after its delivery was answered 503.
+        args["options"] = (
+            f"-c lock_timeout={milliseconds} -c statement_timeout={3 * milliseconds}"
+            " -c idle_in_transaction_session_timeout=60000"
+        )
+    return args
+
+
+def make_engine(
+    url: str, *, for_writing: bool = True, timeout_seconds: float | None = None, **kwargs: Any
+) -> Engine:
+    """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer.
+    ``timeout_seconds`` (a receiver's deadline) bounds waits on PostgreSQL: connecting, a connection
+    from the pool, locks and statements (postgres_connect_args)."""
     url = normalize_url(url)
     kwargs.setdefault("json_serializer", json_text)
     if is_sqlite(url):
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine, immediate=for_writing)
         return engine
+    if timeout_seconds:
+        kwargs.setdefault("pool_timeout", timeout_seconds)
+    kwargs.setdefault("connect_args", postgres_connect_args(timeout_seconds))
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)

@@ -11,7 +11,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, select, text, tuple_
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    Text,
+    select,
+    text,
+    tuple_,
+)
 from sqlmodel import Field, SQLModel
 
 # Set before any table exists so that every constraint and index has a stable, predictable name
@@ -59,6 +70,26 @@ class StripeEvent(SQLModel, table=True):
     source: str = Field(
         default="webhook", sa_column=Column(Text, nullable=False, server_default=text("'webhook'"))
     )
+
+
+class DeadLetter(SQLModel, table=True):
+    """A verified delivery that is not an event the mirror can store (not UTF-8 JSON, not an event
+    envelope, or a value no column holds), kept byte for byte with the reason, so nothing verified
+    is lost and `billing-mirror events list --refused` shows it."""
+
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    # webhook | events_api | ... (app.mirror.envelope.EventSource)
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    # invalid_json | invalid_event | unstorable
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    # What the body said its id and type were, when it said (made storable, cut to 255 characters).
+    event_id: str | None = Field(default=None, index=True)
+    event_type: str | None = None
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class MirrorVersion(SQLModel):

@@ -50,7 +50,12 @@ EVENT_COLUMNS = (
     "error",
 )
 OBJECT_ID = EVENT_COLUMNS.index("object_id")
+PAYLOAD = EVENT_COLUMNS.index("payload")
 RECEIVED_AT = EVENT_COLUMNS.index("received_at")
+SOURCE = EVENT_COLUMNS.index("source")
+# dead_letters columns (its id is the database's): deliveries kept byte for byte with why they were refused.
+DEAD_LETTER_COLUMNS = ("received_at", "source", "reason", "message", "event_id", "event_type", "body")
+MAX_DEAD_LETTER_TEXT = 255
 
 
 # Named tuples, not dataclasses: thousands cross the pipe to the writer process per batch, and a
@@ -65,6 +70,8 @@ class PlannedEvent(NamedTuple):
     # Run in the same transaction whatever the outcome (duplicate and failed included), and not
     # counted in it: the checkpoint of a sync that fetched this snapshot (app.sync.backfill).
     after: Sequence[Write] = ()
+    # A refused delivery: its dead_letters row (DEAD_LETTER_COLUMNS), stored instead of an event.
+    dead_letter: tuple[Any, ...] | None = None
 
 
 class IngestResult(NamedTuple):
@@ -78,18 +85,71 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or kept failing; nothing was committed for the event."""
 
 
+class NotStored(DatabaseUnavailable):
+    """The database works, but neither the event nor its dead letter could be stored (a bug)."""
+
+
+# PostgreSQL's classes of errors that are the event's, not the database's, though psycopg raises
+# some as OperationalError: data exceptions and program limits (an index entry over 2.7 KB).
+_EVENT_SQLSTATE_CLASSES = frozenset({"22", "23", "42", "54"})
+# SQLite's result codes of the same kind: string or blob too big, datatype mismatch, out of range.
+_EVENT_SQLITE_CODES = frozenset({18, 19, 20, 25})
+
+
 def is_infrastructure_error(exc: BaseException) -> bool:
     """Errors of the connection or of concurrency (deadlock, lock timeout), not of the event.
 
-    By the DB-API's exception names, which sqlite3, psycopg and SQLAlchemy all use."""
+    By the DB-API's exception names, which sqlite3, psycopg and SQLAlchemy all use, less the errors
+    an event's own values cause (which retrying cannot cure)."""
     if getattr(exc, "connection_invalidated", False):
         return True
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's exception
+    sqlstate = getattr(cause, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate[:2] in _EVENT_SQLSTATE_CLASSES:
+        return False
+    sqlite_code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int) and sqlite_code & 0xFF in _EVENT_SQLITE_CODES:
+        return False
     return any(kind.__name__ in ("OperationalError", "InterfaceError") for kind in type(exc).__mro__)
+
+
+def storable_text(value: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``value`` as text every database stores (no NUL, no lone surrogate), cut to ``limit``."""
+    cleaned = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return cleaned[:limit]
+
+
+def dead_letter_row(
+    received: Any,
+    source: str,
+    reason: str,
+    message: str,
+    body: bytes,
+    event_id: Any = None,
+    event_type: Any = None,
+) -> tuple[Any, ...]:
+    """A dead_letters row (DEAD_LETTER_COLUMNS): text made storable, the body exactly as received."""
+
+    def short(value: Any) -> str | None:
+        return storable_text(value, MAX_DEAD_LETTER_TEXT) if isinstance(value, str) else None
+
+    return (received, source, reason, storable_text(message), short(event_id), short(event_type), body)
+
+
+def refused_event(planned: PlannedEvent, exc: BaseException) -> PlannedEvent:
+    """``planned`` turned into a dead letter: the database refused its stripe_events row."""
+    raw = planned.row[PAYLOAD]
+    body = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    message = f"The database cannot store this event: {describe(exc)}"
+    row = dead_letter_row(
+        planned.row[RECEIVED_AT], planned.row[SOURCE], "unstorable", message, body, planned.id, planned.row[1]
+    )
+    return planned._replace(dead_letter=row)
 
 
 def describe(exc: BaseException) -> str:
     """The error stored with a failed event: its type and message, never a traceback."""
-    return "".join(traceback.format_exception_only(exc)).strip()[:MAX_ERROR_CHARS]
+    return storable_text("".join(traceback.format_exception_only(exc)).strip())
 
 
 @dataclass(frozen=True)
@@ -98,6 +158,7 @@ class EventSql:
 
     store: str  # INSERT .. ON CONFLICT (id) DO NOTHING
     record: str  # the new outcome of a stored event
+    dead_letter: str  # INSERT INTO dead_letters
     known: str  # (id, outcome, attempts) of the stored events among an array of ids
     ids_param: Callable[[list[str]], Any]
 
@@ -113,16 +174,20 @@ def event_sql(dialect: str) -> EventSql:
         f"UPDATE stripe_events SET outcome = {mark}, error = {mark}, processed_at = {mark},"
         f" attempts = {mark} WHERE id = {mark}"
     )
+    dead_letter = (
+        f"INSERT INTO dead_letters ({', '.join(DEAD_LETTER_COLUMNS)})"
+        f" VALUES ({', '.join([mark] * len(DEAD_LETTER_COLUMNS))})"
+    )
     if dialect == "sqlite":
         # One statement text whatever the number of ids: they travel as one JSON array.
         known = (
             "SELECT id, outcome, attempts FROM stripe_events"
             " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
         )
-        return EventSql(store, record, known, json.dumps)
+        return EventSql(store, record, dead_letter, known, json.dumps)
     # FOR UPDATE: another receiver cannot re-apply the same failed event meanwhile.
     known = "SELECT id, outcome, attempts FROM stripe_events WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
-    return EventSql(store, record, known, list)
+    return EventSql(store, record, dead_letter, known, list)
 
 
 def stored_outcomes(driver: Any, sql: EventSql, ids: list[str]) -> dict[str, tuple[str, int]]:
@@ -160,14 +225,33 @@ def apply_optimistically(
     2. The writes run in ``order`` for new events and for stored failed ones, all sent at once
        (app.mirror.writes.execute_writes_of_events: one round trip on PostgreSQL).
     3. One executemany INSERT .. ON CONFLICT DO NOTHING stores the new events with their outcome,
-       and one executemany UPDATE records the outcome of the re-applied ones.
+       one executemany UPDATE records the outcome of the re-applied ones, and one INSERT the dead
+       letters (refused deliveries).
 
-    If a write raises, or if the INSERT stores fewer rows than expected (another receiver stored one
-    of these events after step 1), RedoCarefully propagates and the caller rolls the transaction back.
+    If a statement raises for anything but the database itself, or if the INSERT stores fewer rows
+    than expected (another receiver stored one of these events after step 1), RedoCarefully
+    propagates and the caller rolls the transaction back.
     """
+    try:
+        return _apply_optimistically(driver, sql, events, order)
+    except RedoCarefully:
+        raise
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            raise
+        raise RedoCarefully(f"a statement of this batch failed: {describe(exc)}") from exc
+
+
+def _apply_optimistically(
+    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int]
+) -> list[IngestResult]:
     first_seen: dict[str, int] = {}
+    dead_letters: list[int] = []
     for index in order:
-        first_seen.setdefault(events[index].id, index)
+        if events[index].dead_letter is not None:
+            dead_letters.append(index)
+        else:
+            first_seen.setdefault(events[index].id, index)
     stored = stored_outcomes(driver, sql, sorted(first_seen))
 
     # First which events to apply (the first copy of each new event, or of a stored one that failed,
@@ -177,17 +261,13 @@ def apply_optimistically(
         planned = events[index]
         known = stored.get(planned.id)
         if (
-            first_seen[planned.id] == index
+            planned.dead_letter is None
+            and first_seen[planned.id] == index
             and planned.error is None
             and (known is None or known[0] == Outcome.FAILED)
         ):
             to_apply.append(index)
-    try:
-        changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
-    except Exception as exc:
-        if is_infrastructure_error(exc):
-            raise
-        raise RedoCarefully("a write of this batch failed") from exc
+    changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
     changed_by_index = dict(zip(to_apply, changes, strict=True))
 
     results: list[IngestResult | None] = [None] * len(events)
@@ -197,6 +277,9 @@ def apply_optimistically(
     for index in order:
         planned = events[index]
         event_id = planned.id
+        if planned.dead_letter is not None:
+            results[index] = IngestResult(event_id, Outcome.REFUSED, error=planned.dead_letter[3])
+            continue
         if first_seen[event_id] != index:  # the same event twice in one batch
             results[index] = IngestResult(event_id, outcome_of_id[event_id], duplicate=True)
             continue
@@ -223,6 +306,8 @@ def apply_optimistically(
             raise RedoCarefully("an event of this batch was stored concurrently")
     if reapplied:
         driver.cursor().executemany(sql.record, reapplied)
+    if dead_letters:
+        driver.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
     followups = [write for index in order for write in events[index].after]
     if followups:
         execute_writes(driver, followups)
@@ -232,8 +317,21 @@ def apply_optimistically(
 def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent) -> IngestResult:
     """One event, its writes in a savepoint: a failing write is recorded without undoing the rest of
     the transaction. The event row is stored first, which on PostgreSQL makes a concurrent receiver
-    of the same event wait for this transaction instead of applying it too."""
-    result = _apply_in_savepoint(driver, sql, planned)
+    of the same event wait for this transaction instead of applying it too. An event whose own row
+    the database refuses is kept as a dead letter instead, with the database's reason."""
+    if planned.dead_letter is None:
+        driver.execute("SAVEPOINT store_event")
+        try:
+            result = _apply_in_savepoint(driver, sql, planned)
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            driver.execute("ROLLBACK TO SAVEPOINT store_event")
+            planned = refused_event(planned, exc)
+        driver.execute("RELEASE SAVEPOINT store_event")
+    if planned.dead_letter is not None:
+        driver.execute(sql.dead_letter, planned.dead_letter)
+        result = IngestResult(planned.id, Outcome.REFUSED, error=planned.dead_letter[3])
     if planned.after:
         execute_writes(driver, planned.after)
     return result
@@ -274,7 +372,11 @@ def apply_order(events: Sequence[PlannedEvent], keep_order: bool) -> list[int]:
     order given instead (replays of a recording)."""
     if keep_order:
         return list(range(len(events)))
-    return sorted(range(len(events)), key=lambda i: (events[i].row[OBJECT_ID] or "", events[i].id))
+    return sorted(range(len(events)), key=lambda i: (_object_of(events[i]), events[i].id))
+
+
+def _object_of(planned: PlannedEvent) -> str:
+    return (planned.row[OBJECT_ID] or "") if planned.dead_letter is None else ""
 
 
 def apply_batch(
@@ -308,14 +410,21 @@ def apply_with_recovery(
     *,
     keep_order: bool = False,
 ) -> list[IngestResult | DatabaseUnavailable]:
-    """``apply_batch``; a batch hit by a deadlock or a lost connection is redone one event per
-    transaction, each retried with back-off before it is reported unavailable."""
+    """``apply_batch``; a batch hit by a deadlock, a lost connection or anything unforeseen is redone
+    one event per transaction, each retried with back-off (for the database) before it is reported
+    unavailable, so that whatever one event does, its neighbours are stored and answered."""
     try:
         return list(apply_batch(transaction, sql, events, keep_order=keep_order))
-    except Exception as exc:
-        if not is_infrastructure_error(exc):
-            raise
-    return [_apply_one_with_retries(transaction, sql, event) for event in events]
+    except Exception:
+        pass
+    results: list[IngestResult | DatabaseUnavailable] = []
+    for event in events:
+        result = _apply_one_with_retries(transaction, sql, event)
+        results.append(result)
+        if type(result) is DatabaseUnavailable:  # the database is out: the rest would wait as long
+            results.extend([result] * (len(events) - len(results)))
+            break
+    return results
 
 
 def _apply_one_with_retries(
@@ -329,6 +438,6 @@ def _apply_one_with_retries(
             return apply_batch(transaction, sql, [event])[0]
         except Exception as exc:
             if not is_infrastructure_error(exc):
-                raise
+                return NotStored(f"event {event.id!r} could not be stored: {describe(exc)}")
             last = exc
     return DatabaseUnavailable(f"database unavailable: {type(last).__name__}")

@@ -20,8 +20,9 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Self
 
-from app.ingest.apply import IngestResult
-from app.ingest.store import Ingests
+from app.ingest.apply import IngestResult, PlannedEvent
+from app.ingest.plan import plan_refused
+from app.ingest.store import Ingests, received_now
 from app.mirror.envelope import Event
 
 _STOP = object()
@@ -65,6 +66,14 @@ class Committer(Protocol):
 
     async def submit(self, event: Event) -> IngestResult: ...
 
+    async def refuse(self, body: bytes, reason: str, message: str) -> IngestResult:
+        """Store a verified body that is no storable event as a dead letter (outcome refused)."""
+        ...
+
+    def unavailable(self) -> str | None:
+        """Why the writer cannot store deliveries now (for /readyz), or None when it can."""
+        ...
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
@@ -106,13 +115,22 @@ class GroupCommitter:
             thread.join()
         self._threads = []
 
-    async def submit(self, event: Event) -> IngestResult:
+    async def submit(self, event: Event | PlannedEvent) -> IngestResult:
         if not self._threads:
             raise RuntimeError("GroupCommitter is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestResult] = loop.create_future()
         self._queue.put((event, loop, future))
         return await future
+
+    def unavailable(self) -> str | None:
+        if not self._threads or not all(thread.is_alive() for thread in self._threads):
+            return "the writer threads are not running"
+        return None
+
+    async def refuse(self, body: bytes, reason: str, message: str) -> IngestResult:
+        dialect = self.store.dialect
+        return await self.submit(plan_refused(body, reason, message, received_now(dialect)))
 
     def _run(self) -> None:
         stopping = False
@@ -136,7 +154,7 @@ class GroupCommitter:
         results: list[Any]
         try:
             results = list(self.store.ingest([event for event, _, _ in batch]))
-        except Exception as exc:  # a bug, not the database: fail these requests, keep the writer alive
+        except Exception as exc:  # a bug in the store itself: fail these requests, keep the writer alive
             results = [IngestCrashed(f"{type(exc).__name__}: {exc}")] * len(batch)
         with self._stats_lock:
             self.stats.batches += 1

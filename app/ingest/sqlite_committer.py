@@ -29,7 +29,7 @@ from sqlalchemy import Dialect
 
 from app.ingest.apply import DatabaseUnavailable, IngestResult, PlannedEvent
 from app.ingest.committer import WriterStats
-from app.ingest.plan import plan_event
+from app.ingest.plan import plan_event, plan_refused
 from app.ingest.store import received_now
 from app.ingest.writer_process import WriterChild
 from app.ingest.writer_protocol import FrameSplitter
@@ -120,10 +120,21 @@ class SqliteCommitter:
         self._child, self._last_child = child, link
 
     async def submit(self, event: Event) -> IngestResult:
+        return await self._submit(plan_event(event, self.dialect, self._received(), self.apply))
+
+    def unavailable(self) -> str | None:
+        child = self._child
+        if child is None or child.link.process.poll() is not None:
+            return "the SQLite writer process is not running"
+        return None
+
+    async def refuse(self, body: bytes, reason: str, message: str) -> IngestResult:
+        return await self._submit(plan_refused(body, reason, message, self._received()))
+
+    async def _submit(self, planned: PlannedEvent) -> IngestResult:
         if self._stopping:
             raise DatabaseUnavailable("the receiver is shutting down")
         loop = asyncio.get_running_loop()
-        planned = plan_event(event, self.dialect, self._received(), self.apply)
         waiter: Waiter = loop.create_future()
         self._queued.append((planned, waiter))
         if len(self._queued) >= SEND_AT_EVENTS:

@@ -45,10 +45,13 @@ IN_FLIGHT_EVENTS = 4000
 class Ingests(Protocol):
     """What the group committer needs: EventStore, or WriterProcessStore on SQLite."""
 
-    def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results: ...
+    def ingest(self, events: Sequence[Event | PlannedEvent], *, keep_order: bool = False) -> Results: ...
 
     @property
     def commits(self) -> int: ...
+
+    @property
+    def dialect(self) -> Dialect: ...
 
 
 @lru_cache(maxsize=8)
@@ -69,11 +72,21 @@ def received_now(dialect: Dialect) -> Any:
     return to_driver(now) if to_driver is not None else now
 
 
+def plan_all(events: Sequence[Event | PlannedEvent], dialect: Dialect, apply: Apply) -> list[PlannedEvent]:
+    """Events planned for ingest; what is already planned (a refused delivery's dead letter) as is."""
+    received = received_now(dialect)
+    return [
+        planned if isinstance(planned, PlannedEvent) else plan_event(planned, dialect, received, apply)
+        for planned in events
+    ]
+
+
 class EventStore:
     """Stores and applies events against one engine; safe to share between threads."""
 
     def __init__(self, engine: Engine, apply: Apply = apply_event) -> None:
         self.engine = engine
+        self.dialect = engine.dialect
         self.apply = apply
         self.commits = 0  # transactions committed (group commit makes them far fewer than events)
         self._commits_lock = threading.Lock()  # several writer threads may commit at once
@@ -85,13 +98,11 @@ class EventStore:
         with self._commits_lock:
             self.commits += 1
 
-    def plan(self, events: Sequence[Event]) -> list[PlannedEvent]:
-        dialect = self.engine.dialect
-        received = received_now(dialect)
-        return [plan_event(event, dialect, received, self.apply) for event in events]
+    def plan(self, events: Sequence[Event | PlannedEvent]) -> list[PlannedEvent]:
+        return plan_all(events, self.engine.dialect, self.apply)
 
     def ingest(
-        self, events: Sequence[Event], *, keep_order: bool = False
+        self, events: Sequence[Event | PlannedEvent], *, keep_order: bool = False
     ) -> list[IngestResult | DatabaseUnavailable]:
         """Ingest with recovery: a batch hit by a deadlock or a lost connection is redone one event
         per transaction, each retried with back-off before it is reported unavailable."""
@@ -125,11 +136,10 @@ class WriterProcessStore:
         self.writer = writer
         self.apply = apply
 
-    def plan(self, events: Sequence[Event]) -> list[PlannedEvent]:
-        received = received_now(self.dialect)
-        return [plan_event(event, self.dialect, received, self.apply) for event in events]
+    def plan(self, events: Sequence[Event | PlannedEvent]) -> list[PlannedEvent]:
+        return plan_all(events, self.dialect, self.apply)
 
-    def _submit(self, events: Sequence[Event], keep_order: bool) -> Future[Results]:
+    def _submit(self, events: Sequence[Event | PlannedEvent], keep_order: bool) -> Future[Results]:
         return self.writer.submit(self.plan(events), keep_order=keep_order)
 
     def _results(self, future: Future[Results], count: int) -> Results:
@@ -141,7 +151,7 @@ class WriterProcessStore:
             self.writer.restart()
             return [DatabaseUnavailable(str(exc))] * count
 
-    def ingest(self, events: Sequence[Event], *, keep_order: bool = False) -> Results:
+    def ingest(self, events: Sequence[Event | PlannedEvent], *, keep_order: bool = False) -> Results:
         return self._results(self._submit(events, keep_order), len(events))
 
     def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:

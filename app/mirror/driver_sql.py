@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Dialect
+from sqlalchemy import JSON, BigInteger, Boolean, Dialect, Integer, String, TypeDecorator
 from sqlalchemy.orm import Session
 
 Convert = Callable[[Any], Any]
@@ -65,6 +65,56 @@ def _json_converter(impl: Any, processor: Convert, dialect: Dialect) -> Convert:
     return convert
 
 
+class UnstorableValue(ValueError):
+    """A value its column cannot hold (text in an integer column, an integer past the column's range):
+    refused while the event is planned, so SQLite (which would store it) and PostgreSQL (which would
+    fail the statement) end the same: the event is stored as failed, with this message."""
+
+
+INT32, INT64 = range(-(2**31), 2**31), range(-(2**63), 2**63)
+# Stripe's ids are at most 255 characters; an indexed PostgreSQL value past about 2.7 KB fails.
+MAX_INDEXED_TEXT = 255
+
+
+def _indexed_columns(table: Any) -> frozenset[str]:
+    if table is None:
+        return frozenset()
+    keys = {column.name for column in table.primary_key.columns}
+    return frozenset(keys | {column.name for index in table.indexes for column in index.columns})
+
+
+def _value_check(impl: Any, column: str, indexed: bool) -> Convert | None:
+    """The check of one column's values, or None for a type that needs none (JSON holds any JSON
+    value; a Boolean's bind processor refuses what is not one). Text in an indexed column is at most
+    MAX_INDEXED_TEXT characters, the same on both databases (SQLite would index any length)."""
+    impl = impl.impl if isinstance(impl, TypeDecorator) else impl  # sqlmodel's AutoString wraps String
+    if isinstance(impl, Integer):
+        bounds = INT64 if isinstance(impl, BigInteger) else INT32
+
+        def integer(value: Any) -> Any:
+            if value is None or (value.__class__ is int and value in bounds):
+                return value
+            if value.__class__ is int:
+                raise UnstorableValue(f"{column}: {value} is out of range for its column")
+            raise UnstorableValue(f"{column}: {str(value)[:80]!r} is not an integer")
+
+        return integer
+    if isinstance(impl, String):
+        limit = MAX_INDEXED_TEXT if indexed else None
+
+        def text(value: Any) -> Any:
+            if value is None or (value.__class__ is str and (limit is None or len(value) <= limit)):
+                return value
+            if value.__class__ is str:
+                raise UnstorableValue(
+                    f"{column}: {len(value)} characters, more than its index takes ({limit})"
+                )
+            raise UnstorableValue(f"{column}: {str(value)[:80]!r} is not text")
+
+        return text
+    return None
+
+
 def _converter(impl: Any, processor: Convert, dialect: Dialect) -> Convert:
     """A function with the same results (and errors) as ``processor`` for every value a JSON
     document can hold, cheaper on the common ones."""
@@ -75,6 +125,10 @@ def _converter(impl: Any, processor: Convert, dialect: Dialect) -> Convert:
     if isinstance(impl, JSON):
         return _json_converter(impl, processor, dialect)
     return processor
+
+
+def _then(first: Convert, second: Convert) -> Convert:
+    return lambda value: second(first(value))
 
 
 # A statement's parameters from a row: (key, data, tail) -> what the driver takes.
@@ -182,11 +236,18 @@ class PreparedStatement:
         if unexpected:
             raise RuntimeError(f"statement has parameters {sorted(unexpected)} that are not values")
         converters: dict[str, Convert] = {}
+        table = getattr(statement, "table", None)
+        table_name, indexed = getattr(table, "name", "?"), _indexed_columns(table)
         for name, bind in compiled.binds.items():
             impl = bind.type.dialect_impl(dialect)
             processor = impl.bind_processor(dialect)
+            check = _value_check(impl, f"{table_name}.{name}", name in indexed)
             if processor is not None:
                 converters[name] = _converter(impl, processor, dialect)
+                if check is not None:
+                    converters[name] = _then(check, converters[name])
+            elif check is not None:
+                converters[name] = check
         # The few values that need it (JSON, booleans, ...) are converted in place, in parameter order.
         order: tuple[str, ...] = tuple(compiled.positiontup) if compiled.positional else names
         indices = [last[name] for name in order]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -11,6 +12,11 @@ from app.timestamps import parse_time
 
 SNAPSHOT_OBJECT = "event"
 THIN_OBJECT = "v2.core.event"
+# Stripe's ids are about 30 characters; an index entry of PostgreSQL holds at most about 2.7 KB.
+MAX_ID_CHARS = 255
+INT64 = range(-(2**63), 2**63)
+# A NUL or a surrogate escape: a parsed string may then hold what no database stores as text.
+UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 
 
 class EventSource(StrEnum):
@@ -62,6 +68,8 @@ class Event:
         if self.thin:
             related = body.get("related_object")
             object_id = related.get("id") if isinstance(related, dict) else None
+            if not isinstance(object_id, str):
+                object_id = None
         elif obj is not None and obj.get("object") == "list":
             # A snapshot of one object (a refresh or a reconcile fix) is about that object.
             listed = obj.get("data")
@@ -78,12 +86,60 @@ class Event:
 
 
 def parse_event(raw: bytes, source: str = "webhook") -> Event:
+    """The event in a delivered body, or EnvelopeError (with a kind and a message) saying why the
+    body cannot be stored as one; bodies Stripe cannot have sent (not UTF-8, NUL bytes, nesting past
+    what a JSON parser takes, lone surrogates) are refused here, the same on every database."""
     try:
         text = raw.decode("utf-8")
-        body = json_value(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EnvelopeError("invalid_json", f"Body is not valid UTF-8 JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError("invalid_json", f"Body is not UTF-8 JSON: {exc}") from None
+    if "\x00" in text:  # UTF-16 or binary: no JSON text holds a raw NUL
+        raise EnvelopeError("invalid_json", "Body is not UTF-8 JSON: it contains NUL bytes")
+    try:
+        body = json_value(text)
+    except RecursionError:
+        raise EnvelopeError("invalid_json", "Body is JSON nested too deeply to read") from None
+    except ValueError as exc:
+        raise EnvelopeError("invalid_json", f"Body is not valid JSON: {exc}") from None
     return event_from_json(body, text, source)
+
+
+def unstorable_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text on every database (a NUL character, a lone surrogate
+    escape), or None."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode text"
+    return None
+
+
+def _check_text(name: str, value: str, max_chars: int | None = MAX_ID_CHARS) -> None:
+    problem = unstorable_text(value)
+    if problem is None and max_chars is not None and len(value) > max_chars:
+        problem = f"is longer than {max_chars} characters"
+    if problem is not None:
+        raise EnvelopeError("invalid_event", f"Event {name!r} {problem}")
+
+
+def _nothing_unstorable(value: Any) -> None:
+    """Refuses a body with a string (or key) no database can store as text: an event Stripe cannot
+    have sent must not reach the columns."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = unstorable_text(item)
+            if problem is not None:
+                raise EnvelopeError("invalid_event", f"Event has a string that {problem}")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -100,6 +156,8 @@ def event_from_json(body: Any, raw: str, source: str = "webhook") -> Event:
     event_id, event_type = body.get("id"), body.get("type")
     _require(isinstance(event_id, str) and event_id != "", "Event has no 'id'")
     _require(isinstance(event_type, str) and event_type != "", "Event has no 'type'")
+    _check_text("id", event_id)
+    _check_text("type", event_type)
     created = body.get("created")
     thin = kind == THIN_OBJECT
     if thin:
@@ -113,6 +171,7 @@ def event_from_json(body: Any, raw: str, source: str = "webhook") -> Event:
             isinstance(created, int) and not isinstance(created, bool),
             "Event 'created' must be a unix timestamp",
         )
+        _require(created in INT64, "Event 'created' is out of range for a 64-bit unix timestamp")
         data = body.get("data")
         _require(
             isinstance(data, dict) and isinstance(data.get("object"), dict),
@@ -121,7 +180,12 @@ def event_from_json(body: Any, raw: str, source: str = "webhook") -> Event:
     livemode = body.get("livemode", False)
     api_version = body.get("api_version")
     account = body.get("account")
-    return Event(
+    for name, value in (("api_version", api_version), ("account", account)):
+        if isinstance(value, str):
+            _check_text(name, value)
+    if UNSTORABLE_ESCAPE.search(raw):  # the only way a string of valid UTF-8 JSON gets either
+        _nothing_unstorable(body)
+    event = Event(
         id=event_id,
         type=event_type,
         created=created,
@@ -133,3 +197,6 @@ def event_from_json(body: Any, raw: str, source: str = "webhook") -> Event:
         body=body,
         source=source,
     )
+    if event.object_id is not None:
+        _check_text("object id", event.object_id)
+    return event

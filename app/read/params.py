@@ -8,31 +8,76 @@ options), so both front ends accept and reject exactly the same things.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from app.read.errors import InvalidRequest
 
 RawValue = str | list[str] | dict[str, "RawValue"]
-_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
-_INTEGER = re.compile(r"^-?\d+$")
+_KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
+# [0-9], not \d: \d and int() also take other scripts' digits (U+FF15, U+0665), int() "+5", " 5", "1_0".
+_INTEGER = re.compile(r"-?[0-9]+")
+# Every stored integer (unix times included) is a signed 64-bit one: PostgreSQL BIGINT, SQLite INTEGER.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(INT64_MAX))
+NOT_UTF8 = "is not valid UTF-8 once percent-decoded"
 
 
-def parse_query_string(query: str) -> dict[str, RawValue]:
+def why_never_stored(text: str) -> str | None:
+    """Why no stored id or value can equal ``text``, or None: PostgreSQL text cannot hold NUL (it
+    refuses the query), and a lone surrogate has no UTF-8 form (neither driver can send it)."""
+    if "\x00" in text:
+        return "cannot contain the NUL character (%00)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
+def _query_fields(query: str | bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(name, value) of each ``name=value`` of a query string, percent-decoded to bytes ("+" is a space)."""
+    raw = query if isinstance(query, bytes) else query.encode("utf-8", "surrogatepass")
+    for pair in raw.split(b"&"):
+        if pair:
+            name, _, value = pair.replace(b"+", b" ").partition(b"=")
+            yield unquote_to_bytes(name), unquote_to_bytes(value)
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_query_string(query: str | bytes) -> dict[str, RawValue]:
     """``a=1&b[c]=2`` -> ``{"a": "1", "b": {"c": "2"}}``. Arrays come in every encoding Stripe's
     libraries send: ``a[]=x&a[]=y`` and a repeated ``a=x&a=y`` give a list, ``a[0]=x&a[1]=y`` a
-    mapping of indexes (an Array spec reads all three; any other spec refuses a value given twice)."""
+    mapping of indexes (an Array spec reads all three; any other spec refuses a value given twice).
+    Names and values must be UTF-8 once percent-decoded: one that is not is refused, not mangled."""
     nested: dict[str, RawValue] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        match = _KEY.match(key)
+    for raw_key, raw_value in _query_fields(query):
+        key = _utf8(raw_key)
+        if key is None:
+            shown = raw_key.decode("utf-8", "replace")
+            raise InvalidRequest(
+                f"Invalid parameter name: {shown} {NOT_UTF8}.", param=shown, code="parameter_unknown"
+            )
+        match = _KEY.fullmatch(key)
         if match is None:
             raise InvalidRequest(f"Invalid parameter name: {key}", param=key, code="parameter_unknown")
         path = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))]
         appending = len(path) > 1 and path[-1] == ""
         if appending:
             path = path[:-1]
+        value = _utf8(raw_value)
+        if value is None:
+            name = display_name(path)
+            raise InvalidRequest(f"Invalid {name}: the value {NOT_UTF8}.", param=name)
         node: dict[str, RawValue] = nested
         for depth, segment in enumerate(path[:-1]):
             child = node.setdefault(segment, {})
@@ -85,6 +130,9 @@ def _require_text(name: str, raw: Any, kind: str) -> str:
             param=name,
             code="parameter_invalid_empty",
         )
+    problem = why_never_stored(text)
+    if problem is not None:
+        raise InvalidRequest(f"Invalid {name}: a value {problem}.", param=name)
     return text
 
 
@@ -96,17 +144,25 @@ class Text:
 
 @dataclass(frozen=True)
 class Integer:
-    minimum: int | None = None
-    maximum: int | None = None
+    """ASCII digits with an optional leading "-", nothing else int() reads, within 64 bits;
+    ``minimum`` and ``maximum`` narrow the range further (``limit``)."""
+
+    minimum: int = INT64_MIN
+    maximum: int = INT64_MAX
 
     def parse(self, name: str, raw: Any) -> int:
-        text = _require_text(name, raw, "an integer").strip()
-        if not _INTEGER.match(text):
+        text = _require_text(name, raw, "an integer")
+        if not _INTEGER.fullmatch(text):
             raise InvalidRequest(f"Invalid integer: {text}", param=name, code="parameter_invalid_integer")
-        value = int(text)
-        too_small = self.minimum is not None and value < self.minimum
-        too_large = self.maximum is not None and value > self.maximum
-        if too_small or too_large:
+        # Digits counted before int(): no 64-bit integer has more, and int() refuses 4,300 or more.
+        value = int(text) if len(text.lstrip("-").lstrip("0")) <= _INT64_DIGITS else None
+        if value is None or not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidRequest(
+                f"Invalid integer: {text} is out of range (from {INT64_MIN} to {INT64_MAX})",
+                param=name,
+                code="parameter_invalid_integer",
+            )
+        if not self.minimum <= value <= self.maximum:
             raise InvalidRequest(
                 f"Invalid {name}: must be between {self.minimum} and {self.maximum}", param=name
             )
@@ -118,7 +174,7 @@ class Boolean:
     def parse(self, name: str, raw: Any) -> bool:
         if isinstance(raw, bool):
             return raw
-        text = _require_text(name, raw, "a boolean").strip().lower()
+        text = _require_text(name, raw, "a boolean")
         if text not in ("true", "false"):
             raise InvalidRequest(f"Invalid boolean: {text} (use true or false)", param=name)
         return text == "true"
@@ -193,7 +249,9 @@ class Array:
                 raise InvalidRequest(
                     f"Invalid array {name}: use {name}[]=value or {name}[0]=value", param=name
                 )
-            values = [raw[key] for key in sorted(raw, key=int)]
+            # By number, compared as digit strings: int() refuses an index of 4,300 digits or more.
+            by_number = sorted(raw, key=lambda index: (len(index.lstrip("0")), index.lstrip("0")))
+            values = [raw[key] for key in by_number]
         else:
             values = raw if isinstance(raw, list) else [raw]
         if self.max_items is not None and len(values) > self.max_items:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, or_, select
+from sqlalchemy import ColumnElement, Engine, Select, func, or_, select
 
-from app.db.models import StripeEvent
+from app.db.models import DeadLetter, StripeEvent
 from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.ingest.store import EventStore
 from app.mirror.envelope import EnvelopeError, Event, parse_event
@@ -16,6 +17,7 @@ from app.mirror.outcome import Outcome
 from app.mirror.upsert import table_of
 
 EVENTS = table_of(StripeEvent)
+LETTERS = table_of(DeadLetter)
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
 RETRY_BATCH = 200
 
@@ -33,14 +35,19 @@ class EventFilter:
         if self.until is not None:
             query = query.where(EVENTS.c.created < self.until)
         if self.types:
-            exact = [t for t in self.types if not t.endswith("*")]
-            prefixes = [t[:-1] for t in self.types if t.endswith("*")]
-            conditions: list[ColumnElement[bool]] = [EVENTS.c.type.in_(exact)] if exact else []
-            conditions += [EVENTS.c.type.startswith(prefix, autoescape=True) for prefix in prefixes]
-            query = query.where(or_(*conditions))
+            query = query.where(types_match(EVENTS.c.type, self.types))
         if self.statuses:
             query = query.where(EVENTS.c.outcome.in_(self.statuses))
         return query
+
+
+def types_match(column: Any, types: Sequence[str]) -> ColumnElement[bool]:
+    """``column`` is one of ``types``: exact names, or prefixes ending in '*'."""
+    exact = [t for t in types if not t.endswith("*")]
+    prefixes = [t[:-1] for t in types if t.endswith("*")]
+    conditions: list[ColumnElement[bool]] = [column.in_(exact)] if exact else []
+    conditions += [column.startswith(prefix, autoescape=True) for prefix in prefixes]
+    return or_(*conditions)
 
 
 def single_line(payload: str) -> tuple[str, bool]:
@@ -83,6 +90,34 @@ def list_events(engine: Engine, where: EventFilter, limit: int) -> list[Any]:
     )
     with engine.connect() as connection:
         return list(connection.execute(query))
+
+
+def list_dead_letters(engine: Engine, where: EventFilter, limit: int) -> list[Any]:
+    """The refused deliveries (dead_letters), newest first; ``since``/``until`` apply to their
+    receipt (they have no trustworthy ``created``), ``types`` to the type they claim."""
+    query = select(
+        LETTERS.c.id,
+        LETTERS.c.received_at,
+        LETTERS.c.source,
+        LETTERS.c.reason,
+        LETTERS.c.message,
+        LETTERS.c.event_id,
+        LETTERS.c.event_type,
+        func.length(LETTERS.c.body).label("size"),
+    )
+    if where.since is not None:
+        query = query.where(LETTERS.c.received_at >= datetime.fromtimestamp(where.since, UTC))
+    if where.until is not None:
+        query = query.where(LETTERS.c.received_at < datetime.fromtimestamp(where.until, UTC))
+    if where.types:
+        query = query.where(types_match(LETTERS.c.event_type, where.types))
+    with engine.connect() as connection:
+        return list(connection.execute(query.order_by(LETTERS.c.id.desc()).limit(limit)))
+
+
+def count_dead_letters(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(LETTERS)).scalar_one())
 
 
 def get_event(engine: Engine, event_id: str) -> Any | None:

@@ -7,13 +7,16 @@ route still comes from Starlette (405 with Allow for other methods), and errors 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from app.ingest.apply import DatabaseUnavailable
+from app.ingest.apply import DatabaseUnavailable, IngestResult, NotStored
 from app.ingest.committer import Committer
 from app.mirror.envelope import EnvelopeError, parse_event
 from app.mirror.outcome import Outcome
@@ -22,6 +25,28 @@ from app.webhook.errors import error_response
 from app.webhook.signature import SignatureError, verify_signature
 
 JSON_HEADERS = (b"content-type", b"application/json")
+logger = logging.getLogger("billing_mirror.webhook")
+UNAVAILABLE_LOG_SECONDS = 10.0  # an outage fails every delivery: one line per interval says so
+
+
+class _EveryFewSeconds:
+    """Lets a message through at most once per ``seconds`` (and counts the ones it held back)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = -seconds
+        self.held = 0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            self.held += 1
+            return False
+        self.last = now
+        return True
+
+
+unavailable_log = _EveryFewSeconds(UNAVAILABLE_LOG_SECONDS)
 
 
 class BodyTooLarge(Exception):
@@ -101,41 +126,87 @@ class StripeWebhookEndpoint:
                 400, "signature_verification_error", exc.message, code=exc.problem.value
             )
             return await response(scope, receive, send)
+        timeout = settings.database_timeout_seconds
         try:
             event = parse_event(body)
         except EnvelopeError as exc:
-            response = error_response(400, "invalid_request_error", exc.message, code=exc.kind)
-            return await response(scope, receive, send)
-        try:
-            result = await committer.submit(event)
-        except DatabaseUnavailable:
-            response = error_response(
-                503,
-                "database_unavailable",
-                "The database is unavailable; the event was not stored. Stripe will retry.",
-                headers={"Retry-After": "5"},
-            )
-            return await response(scope, receive, send)
-        except Exception:
+            refusal = committer.refuse(body, exc.kind, exc.message)
+            return await answer(scope, receive, send, settings, refusal, timeout, None, exc.kind)
+        storing = committer.submit(event)
+        return await answer(scope, receive, send, settings, storing, timeout, event.id, "unstorable")
+
+
+async def answer(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    settings: Settings,
+    storing: Awaitable[IngestResult],
+    timeout: float,
+    event_id: str | None,
+    refusal_code: str,
+) -> None:
+    """Wait (at most ``timeout`` seconds) for the delivery to be stored, and say what became of it.
+
+    Once the raw delivery is committed, the answer is 2xx whatever its outcome (failed events are
+    re-applied by the mirror itself; refused bodies can never apply): Stripe retrying adds nothing.
+    With ``answer_after="applied"`` a failed event answers 500 and a refused one 400, as before;
+    ``refusal_code`` is the error code of a refusal (why the body is no storable event)."""
+    try:
+        result = await asyncio.wait_for(storing, timeout)
+    except (DatabaseUnavailable, TimeoutError) as exc:
+        if isinstance(exc, NotStored):
+            logger.error("Delivery %s could not be stored: %s", event_id, exc)
             response = error_response(
                 500, "internal_error", "The event could not be stored. Stripe will retry."
             )
             return await response(scope, receive, send)
-        if result.outcome == Outcome.FAILED:
-            response = error_response(
-                500,
-                "handler_error",
-                f"Event {event.id} is stored but could not be applied; it is applied again on retry.",
-                event=event.id,
-            )
+        if unavailable_log.due():
+            held, unavailable_log.held = unavailable_log.held, 0
+            reason = str(exc) or f"no commit within {timeout} s"
+            logger.error("Deliveries answered 503: %s (%d more since the last such line)", reason, held)
+        response = error_response(
+            503,
+            "database_unavailable",
+            "The database is unavailable; the event was not stored. Stripe will retry.",
+            headers={"Retry-After": "5"},
+        )
+        return await response(scope, receive, send)
+    except Exception:
+        logger.exception("Delivery %s could not be stored", event_id)
+        response = error_response(500, "internal_error", "The event could not be stored. Stripe will retry.")
+        return await response(scope, receive, send)
+    applied_only = settings.answer_after == "applied"
+    if result.outcome == Outcome.REFUSED:
+        logger.warning("Refused a verified delivery (kept as a dead letter): %s", result.error)
+        message = f"{result.error} (kept as a dead letter: billing-mirror events list --refused)"
+        if applied_only:
+            response = error_response(400, "invalid_request_error", message, code=refusal_code)
             return await response(scope, receive, send)
-        content = {
+        refused = {
             "received": True,
-            "id": event.id,
-            "outcome": result.outcome.value,
-            "duplicate": result.duplicate,
+            "id": result.event_id or None,
+            "outcome": "refused",
+            "error": {"code": refusal_code, "message": message},
         }
-        return await send_json(send, 200, content)
+        return await send_json(send, 200, refused)
+    if result.outcome == Outcome.FAILED and applied_only:
+        response = error_response(
+            500,
+            "handler_error",
+            f"Event {result.event_id} is stored but could not be applied; it is applied again on retry.",
+            event=result.event_id,
+        )
+        return await response(scope, receive, send)
+    content = {
+        "received": True,
+        "id": result.event_id,
+        "outcome": result.outcome.value,
+        "duplicate": result.duplicate,
+    }
+    if result.outcome == Outcome.FAILED:
+        content["error"] = result.error
+    return await send_json(send, 200, content)
 
 
 receive_stripe_webhook = StripeWebhookEndpoint()

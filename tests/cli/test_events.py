@@ -102,3 +102,29 @@ def test_retry_reports_events_that_fail_again(db_url: str, engine: Engine) -> No
     assert result.exit_code == 1
     assert "evt_cli_broken: failed: ValueError: invoice_payment object has no id" in result.stdout
     assert stored(engine)["evt_cli_broken"][:2] == ("failed", 2)
+
+
+def test_list_shows_dead_letters_with_status_refused(db_url: str, engine: Engine) -> None:
+    from app.ingest.plan import plan_refused
+    from app.ingest.store import received_now
+
+    refused = plan_refused(
+        b'{"id": "evt_bad", "type": "invoice.paid"}',
+        "invalid_event",
+        "Event has no 'data.object'",
+        received_now(engine.dialect),
+    )
+    EventStore(engine).ingest([refused, item_event("ii_fine", 1_767_225_600)])
+
+    everything = invoke(db_url, "events", "list")
+    assert "invoiceitem.created" in everything.stdout and "evt_bad" not in everything.stdout
+    assert "1 refused deliveries are kept as dead letters" in everything.stderr
+
+    letters = invoke(db_url, "events", "list", "--status", "refused")
+    assert letters.exit_code == 0
+    assert re.search(
+        r"invalid_event\s+evt_bad\s+invoice\.paid\s+41\s+Event has no 'data.object'", letters.stdout
+    )
+    assert invoke(
+        db_url, "events", "list", "--status", "refused", "--type", "invoiceitem.*"
+    ).stderr.strip() == ("no stored event matches")

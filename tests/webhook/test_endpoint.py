@@ -185,12 +185,21 @@ def test_rotation_with_two_configured_secrets(make_settings: Callable[..., Setti
         ),
     ],
 )
-def test_verified_but_unusable_bodies_are_400(
-    client: TestClient, engine: Engine, body: bytes, code: str
+def test_verified_but_unusable_bodies_are_kept_as_dead_letters(
+    client: TestClient, make_settings: Callable[..., Settings], engine: Engine, body: bytes, code: str
 ) -> None:
     response = post(client, body)
-    assert assert_error(response, 400, "invalid_request_error")["code"] == code
+    assert response.status_code == 200, response.text  # stored: Stripe retrying could add nothing
+    answer = response.json()
+    assert answer["outcome"] == "refused" and answer["error"]["code"] == code
     assert rows(engine, "stripe_events") == []
+    (letter,) = rows(engine, "dead_letters")
+    assert bytes(letter["body"]) == body and letter["reason"] == code and letter["source"] == "webhook"
+    assert letter["message"] in answer["error"]["message"]
+
+    with TestClient(create_app(make_settings(answer_after="applied"))) as applied_only:
+        assert assert_error(post(applied_only, body), 400, "invalid_request_error")["code"] == code
+    assert len(rows(engine, "dead_letters")) == 2
 
 
 def test_body_over_the_limit_is_413(make_settings: Callable[..., Settings], engine: Engine) -> None:
@@ -250,8 +259,8 @@ def test_handler_failure_is_stored_and_retry_reapplies(
 ) -> None:
     event = load_fixture("invoice_payment.paid.json")
     failed = post(client, event)
-    error = assert_error(failed, 500, "handler_error")
-    assert error["event"] == event["id"]
+    assert failed.status_code == 200  # stored: the mirror re-applies it, Stripe need not
+    assert failed.json()["outcome"] == "failed" and "simulated handler bug" in failed.json()["error"]
     stored = stored_event(engine, event["id"])
     assert stored is not None and stored["outcome"] == "failed" and "simulated handler bug" in stored["error"]
     assert rows(engine, "invoice_payments") == []  # nothing the failed handler planned was written
@@ -282,13 +291,17 @@ def test_a_failing_event_does_not_undo_its_batch_neighbours(
     assert one(engine, "invoice_items")["id"] == item.object_id
 
 
+def unreachable_url(backend: str, tmp_path: Any) -> str:
+    """A database of ``backend`` that cannot be opened: a SQLite file in a missing folder, or a port
+    where no PostgreSQL listens."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/missing-dir/mirror.db"
+    return "postgresql://postgres@127.0.0.1:9/nowhere?connect_timeout=1"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unreachable_database_is_503_and_nothing_claimed(backend: str, tmp_path: Any) -> None:
-    url = (
-        f"sqlite:///{tmp_path}/missing-dir/mirror.db"
-        if backend == "sqlite"
-        else "postgresql://postgres@127.0.0.1:9/nowhere?connect_timeout=1"
-    )
+    url = unreachable_url(backend, tmp_path)
     with TestClient(create_app(Settings(database_url=url, webhook_secrets=(SECRET,)))) as client:
         response = post(client, load_fixture("invoice_payment.paid.json"))
     assert_error(response, 503, "database_unavailable")
@@ -313,3 +326,55 @@ def test_the_receiver_collects_less_often_and_restores_the_collector_when_it_sto
         assert gc.get_threshold()[0] == 20_000
         assert client.get("/healthz").status_code == 200
     assert gc.get_threshold() == before
+
+
+def test_the_receiver_applies_a_failed_event_again_once_its_back_off_has_passed(
+    client: TestClient, engine: Engine, flaky_payment_handler: BrokenUntilFixed
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from app.ingest.retrier import FailedEventRetrier, next_retry_at
+
+    event = load_fixture("invoice_payment.paid.json")
+    assert post(client, event).json()["outcome"] == "failed"
+    flaky_payment_handler.broken = False  # the fix is deployed
+    retrier: FailedEventRetrier = client.app.state.retrier  # type: ignore[attr-defined]
+    received = stored_event(engine, event["id"])["received_at"]  # type: ignore[index]
+    received = received if received.tzinfo else received.replace(tzinfo=UTC)
+    assert next_retry_at(received, 1) == received + timedelta(minutes=1)
+
+    assert client.portal.call(retrier.retry_due, received + timedelta(seconds=30)) == {}  # type: ignore[union-attr]
+    assert stored_event(engine, event["id"])["outcome"] == "failed"  # type: ignore[index]
+    due = received + timedelta(minutes=1, seconds=1)
+    assert client.portal.call(retrier.retry_due, due) == {"applied": 1}  # type: ignore[union-attr]
+    stored = stored_event(engine, event["id"])
+    assert stored is not None and (stored["outcome"], stored["attempts"]) == ("applied", 2)
+    assert one(engine, "invoice_payments")["status"] == "paid"
+    assert client.portal.call(retrier.retry_due, datetime.now(UTC) + timedelta(days=1)) == {}  # type: ignore[union-attr]
+
+
+def test_retries_slow_down_to_one_a_day() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from app.ingest.retrier import next_retry_at
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    gaps = [next_retry_at(start, attempts) - start for attempts in range(1, 15)]
+    assert gaps[:3] == [timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4)]
+    assert gaps == sorted(gaps) and len(set(gaps)) == len(gaps)
+    assert gaps[-1] - gaps[-2] == timedelta(days=1)
+
+
+def test_readyz_says_ready_when_the_writer_and_the_database_work(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_readyz_is_503_while_the_database_cannot_be_reached(backend: str, tmp_path: Any) -> None:
+    url = unreachable_url(backend, tmp_path)
+    settings = Settings(database_url=url, webhook_secrets=(SECRET,), database_timeout_seconds=1)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json()["status"] == "unavailable"
+        assert client.get("/healthz").status_code == 200  # alive all the same
