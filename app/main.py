@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app.db.engine import is_sqlite, make_engine, sqlite_path
@@ -17,12 +19,21 @@ from app.ingest.committer import Committer, GroupCommitter
 from app.ingest.retrier import FailedEventRetrier
 from app.ingest.sqlite_committer import SqliteCommitter
 from app.ingest.store import EventStore
+from app.inspect.pages import inspector_routes
 from app.read.auth import HOW_TO_OPEN
 from app.read.endpoints import api_routes
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.webhook.endpoint import receive_stripe_webhook
 from app.webhook.errors import http_exception_handler
 from app.webhook.health import healthz, readyz
+from app.webhook.logs import flush_logs
+from app.webhook.metrics import (
+    ApiRequestMetrics,
+    Metrics,
+    metrics_endpoint,
+    multiprocess_mode,
+    serve_metrics_port,
+)
 
 logger = logging.getLogger("billing_mirror")
 
@@ -36,8 +47,19 @@ def routes() -> list[BaseRoute]:
         Route("/webhooks/stripe", receive_stripe_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         *api_routes(),
+        *inspector_routes(),
     ]
+
+
+def api_route_names(app_routes: list[BaseRoute]) -> dict[object, str]:
+    """Each read API endpoint and its path template: the route label of its request metrics."""
+    return {
+        route.endpoint: route.path
+        for route in app_routes
+        if isinstance(route, Route) and route.path.startswith("/v1")
+    }
 
 
 def committer_for(settings: Settings, engine: Engine) -> Committer:
@@ -78,12 +100,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if resolved.stripe_api_key:  # stripe-python and friends load only for a receiver that syncs
             from app.sync.background import BackgroundSync
 
-            background = BackgroundSync(resolved, engine)
+            background = BackgroundSync(resolved, engine, metrics=metrics)
+        stop_metrics_port: Callable[[], None] | None = None
+        if resolved.metrics_port and not multiprocess_mode():
+            # With several processes, serve's supervisor holds the metrics port (app.server).
+            stop_metrics_port = serve_metrics_port(resolved.metrics_port, metrics, read_engine)
         try:
             async with committer_for(resolved, engine) as committer:
                 app.state.engine = engine
                 app.state.read_engine = read_engine
                 app.state.committer = committer
+                committer.on_batch = metrics.batch_stored
                 app.state.background_sync = background
                 thresholds = _collect_garbage_less_often()
                 retrier = FailedEventRetrier(committer, read_engine, resolved.retry_seconds)
@@ -99,13 +126,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         background.stop()
                     gc.set_threshold(*thresholds)
         finally:
+            flush_logs()
+            if stop_metrics_port is not None:
+                stop_metrics_port()
+            if multiprocess_mode():  # its gauges' files go; its counts stay in the sums
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
             engine.dispose()
             read_engine.dispose()
 
+    metrics = Metrics()
+    app_routes = routes()
     app = Starlette(
-        routes=routes(),
+        routes=app_routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
+        middleware=[Middleware(ApiRequestMetrics, metrics=metrics, routes=api_route_names(app_routes))],
     )
     app.state.settings = resolved
+    app.state.metrics = metrics
     return app

@@ -45,7 +45,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.main import create_app
-from app.settings import Settings
+from app.settings import DEFAULT_SERVE_LOG_LEVEL, Settings
+from app.webhook.logs import WEBHOOK_PATH, configure_logging, logging_config
+from app.webhook.metrics import MULTIPROCESS_DIR, multiprocess_mode, serve_metrics_port
 
 logger = logging.getLogger("billing_mirror.server")
 
@@ -281,6 +283,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.write(self.guard.head_too_large)
             self.transport.close()
 
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        delivery = self.scope["method"] == "POST" and self.scope["path"] == WEBHOOK_PATH
+        if cycle is not None and cycle.access_log and delivery:
+            # A delivery has its own line (app.webhook.endpoint): no access line, not even built.
+            cycle.access_log = False
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._follow()
@@ -413,20 +423,64 @@ def create_served_app() -> Starlette:
     return create_app()
 
 
+def prepare_metrics_directory(workers: int) -> str | None:
+    """With several server processes, prometheus-client's multi-process mode: each process writes its
+    counts to files in PROMETHEUS_MULTIPROC_DIR (set before the workers start, so they inherit it) and
+    a scrape sums them. The directory is the one given, emptied, or a fresh one; returns the fresh one
+    (to remove at the end), or None."""
+    import tempfile
+    from pathlib import Path
+
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        for stale in Path(given).glob("*.db"):  # counts of an earlier run would be summed in
+            stale.unlink()
+        return None
+    if workers <= 1:
+        return None
+    fresh = tempfile.mkdtemp(prefix="billing-mirror-metrics-")
+    os.environ[MULTIPROCESS_DIR] = fresh
+    return fresh
+
+
 def run_server(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """uvicorn with the guarded protocol. Worker processes build their application and limits from
-    the environment, where ``serve`` has put ``settings``."""
+    the environment, where ``serve`` has put ``settings``; uvicorn sets up their logs
+    (app.webhook.logs: billing-mirror's lines and uvicorn's, access log included, in one format and
+    level)."""
+    import shutil
+
     import uvicorn
 
+    level = settings.log_level or DEFAULT_SERVE_LOG_LEVEL
+    configure_logging(level, settings.log_format)
+    logger.info("billing-mirror listening on http://%s:%d/webhooks/stripe", host, port)
     raise_open_file_limit()
-    uvicorn.run(
-        "app.server:create_served_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        http=GuardedHttpProtocol,
-        timeout_keep_alive=settings.keep_alive_seconds,
-        log_level="warning",
-        access_log=False,
-    )
+    fresh = prepare_metrics_directory(workers)
+    stop_metrics_port = None
+    if settings.metrics_port and multiprocess_mode():
+        # The supervisor serves the metrics port: the sums of every worker's files, and the database's
+        # gauges. (With one process, the application serves it itself.)
+        from app.db.engine import make_engine
+
+        engine = make_engine(settings.database_url, for_writing=False)
+        stop_metrics_port = serve_metrics_port(settings.metrics_port, None, engine)
+    try:
+        uvicorn.run(
+            "app.server:create_served_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            http=GuardedHttpProtocol,
+            timeout_keep_alive=settings.keep_alive_seconds,
+            log_config=logging_config(level, settings.log_format, buffered=True, shared=workers > 1),
+            log_level=level,
+            access_log=True,
+        )
+    finally:
+        if stop_metrics_port is not None:
+            stop_metrics_port()
+            engine.dispose()
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)

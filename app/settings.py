@@ -37,6 +37,11 @@ DEFAULT_HEADER_TIMEOUT_SECONDS = 10
 DEFAULT_BODY_TIMEOUT_SECONDS = 30
 DEFAULT_KEEP_ALIVE_SECONDS = 5
 DEFAULT_MAX_CONNECTIONS = 1000
+# Logs: the level of `serve` (one line per delivery at info) and of the other commands (which print
+# their own report), and the format of every line.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_SERVE_LOG_LEVEL = "info"
+DEFAULT_COMMAND_LOG_LEVEL = "warning"
 HOW_TO_SET_SECRET = (
     "No webhook signing secret is configured. Set STRIPE_WEBHOOK_SECRET to the endpoint's signing secret "
     "(whsec_...), or several separated by commas while you roll a secret, e.g. "
@@ -130,6 +135,11 @@ class Settings(BaseSettings):
     )
     keep_alive_seconds: int = Field(DEFAULT_KEEP_ALIVE_SECONDS, validation_alias="BILLING_MIRROR_KEEP_ALIVE")
     max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, validation_alias="BILLING_MIRROR_MAX_CONNECTIONS")
+    # Logs (app.webhook.logs): the level (None: the command's own default) and text or JSON lines.
+    log_level: str | None = Field(None, validation_alias="BILLING_MIRROR_LOG_LEVEL")
+    log_format: Literal["text", "json"] = Field("text", validation_alias="BILLING_MIRROR_LOG_FORMAT")
+    # `serve`: GET /metrics also on this port of 127.0.0.1, without a key (None: only the main port).
+    metrics_port: int | None = Field(None, validation_alias="BILLING_MIRROR_METRICS_PORT")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -186,7 +196,12 @@ class Settings(BaseSettings):
             raise ConfigurationError(f"{cls.model_fields[info.field_name].validation_alias}: {exc}") from None
 
     @field_validator(
-        "tolerance_seconds", "max_body_bytes", "database_timeout_seconds", "max_connections", mode="before"
+        "tolerance_seconds",
+        "max_body_bytes",
+        "database_timeout_seconds",
+        "max_connections",
+        "metrics_port",
+        mode="before",
     )
     @classmethod
     def _positive_whole_number(cls, value: Any, info: ValidationInfo) -> Any:
@@ -207,6 +222,22 @@ class Settings(BaseSettings):
         if number <= 0:
             raise ConfigurationError(f"{name} must be greater than 0, got {number}")
         return number
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case_word(cls, value: Any, info: ValidationInfo) -> Any:
+        """A level (debug, info, warning, error, critical) or format (text, json), in any case."""
+        if not isinstance(value, str):
+            return value
+        assert info.field_name is not None
+        word = value.strip().lower()
+        if word == "":
+            return cls.model_fields[info.field_name].default
+        allowed = LOG_LEVELS if info.field_name == "log_level" else ("text", "json")
+        if word not in allowed:
+            name = cls.model_fields[info.field_name].validation_alias
+            raise ConfigurationError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return word
 
     def require_secrets(self) -> None:
         if not self.webhook_secrets:

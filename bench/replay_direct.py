@@ -1,6 +1,6 @@
 """Benchmark: `billing-mirror replay --direct` throughput and memory, SQLite and PostgreSQL.
 
-    python -m bench.replay_direct [--events 20000] [--scale 10] [--no-postgres]
+    python -m bench.replay_direct [--events 20000] [--scale 10] [--no-postgres] [--no-sqlite]
 
 Generates N distinct recorded events (a third each: invoiceitem.created, invoice_payment.paid,
 invoice.paid with an embedded payment; built from tests/fixtures) into a JSONL file, and the same
@@ -219,6 +219,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--scale", type=int, default=10, help="the memory check uses events x scale")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite replays")
     options = parser.parse_args()
     sys.path.insert(0, str(ROOT))
 
@@ -251,7 +252,7 @@ def main() -> None:
         # just booted makes the host back each new page of the page cache on first touch (seen here:
         # the copy into the page cache took 10 % of all CPU time instead of 0.6 %). The second reuses
         # the pages the first freed, as a machine that has been running a while does.
-        for count in dict.fromkeys((small, large)):  # once each, also when --scale 1
+        for count in dict.fromkeys((small, large)) if not options.no_sqlite else ():
             for attempt in ("first run", "again"):
                 url = fresh_sqlite(folder, f"mirror_{count}.db")
                 figures = measure("direct", str(files[count]), url)

@@ -1,7 +1,7 @@
 """Durable webhook throughput against a bare Starlette endpoint, measured in one run.
 
     python -m bench.webhook_throughput [--requests 10000] [--concurrency 64] [--rounds 3] [--skip-postgres]
-                                       [--workers 2]
+                                       [--workers 2] [--logs]
 
 One run starts, one after the other, on 127.0.0.1 and with the same uvicorn settings:
   1. bench/bare_app.py: reads the body and answers 200 JSON (the baseline);
@@ -12,6 +12,11 @@ The same load generator sends each server the same number of distinct signed del
 warm-up) and the script prints events/s, p50/p99 latency and the ratio to the baseline. billing-mirror
 answers 2xx only after the event's transaction committed, so afterwards the number of rows in
 stripe_events must equal the number of 2xx answers; the script checks it.
+
+With ``--logs`` a round is instead ``billing-mirror serve`` itself twice on each database, once with its
+logs at the default level (info: a line per delivery, uvicorn's access log on) and once at warning (no
+line per delivery), in alternating order, its log written to a file; the script prints the throughput
+with logs as a share of the throughput without, the server process's CPU per event, and the medians.
 """
 
 from __future__ import annotations
@@ -58,6 +63,17 @@ class Measurement:
     warmup: LoadResult
     stored: int | None = None  # rows in stripe_events after the run (None for the baseline)
     writer: dict[str, Any] | None = None
+    server_cpu_us: float | None = None  # CPU of the server process per measured request (--logs)
+
+
+# The server process of the running uvicorn_server, to read its CPU time (one server at a time).
+_RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -80,9 +96,15 @@ def get_json(port: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def uvicorn_server(
-    target: str, workers: int = 1, env: dict[str, str] | None = None, factory: bool = False
+    target: str,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    factory: bool = False,
+    log_level: str | None = None,
 ) -> Iterator[int]:
     port = free_port()
+    options: tuple[str, ...] = UVICORN_OPTIONS
+    stderr = None
     command = [
         sys.executable,
         "-m",
@@ -94,11 +116,18 @@ def uvicorn_server(
         str(port),
         "--workers",
         str(workers),
-        *UVICORN_OPTIONS,
+        *options,
     ]
     if factory:
         command.append("--factory")
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
+    if log_level is not None:
+        # `billing-mirror serve` itself (its HTTP protocol, its logs at this level), its log to a file.
+        folder = Path(tempfile.mkdtemp(prefix="bm-bench-logs-"))
+        stderr = (folder / "server.log").open("wb")
+        serve = ("serve", "--no-migrate", "--host", HOST, "--port", str(port), "--workers", str(workers))
+        command = [sys.executable, "-m", "app.cli.main", *serve, "--log-level", log_level]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stderr=stderr)
+    _RUNNING[:] = [process]
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -121,6 +150,10 @@ def uvicorn_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if stderr is not None:
+            stderr.close()
+            lines = Path(stderr.name).read_text().count("\n")
+            print(f"  ({lines} log lines at {log_level})")
 
 
 def signed_requests(deliveries: list[Delivery]) -> list[bytes]:
@@ -169,16 +202,23 @@ def measure_mirror(
     concurrency: int,
     workers: int,
     factory: str,
+    log_level: str | None = None,
 ) -> Measurement:
     upgrade(url)
     settle()
     env = {"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": SECRET}
-    with uvicorn_server(factory, workers=workers, env=env, factory=True) as port:
+    with uvicorn_server(factory, workers=workers, env=env, factory=True, log_level=log_level) as port:
         warm = load(port, warmup, concurrency)
+        pid = _RUNNING[0].pid
+        cpu_before = process_cpu_seconds(pid) if workers == 1 else 0.0
         result = load(port, measured, concurrency)
+        cpu = process_cpu_seconds(pid) - cpu_before if workers == 1 else None
         writer = get_json(port, "/healthz")["writer"] if workers == 1 else None
     # The server is stopped: whatever it answered 2xx must be in the database now.
-    return Measurement(name, result, warm, stored=count_stored(url), writer=writer)
+    measurement = Measurement(name, result, warm, stored=count_stored(url), writer=writer)
+    if cpu is not None:
+        measurement.server_cpu_us = cpu / max(1, len(measured)) * 1e6
+    return measurement
 
 
 def report(measurements: list[Measurement], concurrency: int) -> bool:
@@ -231,6 +271,9 @@ def main() -> None:
         "--rounds", type=int, default=3, help="bare/mirror rounds; the median ratio is reported"
     )
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--logs", action="store_true", help="compare logs at the default level (info) with logs at warning"
+    )
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument(
         "--app",
@@ -248,6 +291,8 @@ def main() -> None:
     factory = DeliveryFactory()
     ratios: dict[str, list[float]] = {}
     ok = True
+    if args.logs:
+        sys.exit(0 if compare_logs(factory, args) else 1)
     for round_number in range(1, args.rounds + 1):
         print(f"\n=== round {round_number} of {args.rounds}")
         measurements = run_round(factory, args)
@@ -261,6 +306,68 @@ def main() -> None:
         listed = ", ".join(f"{value:.1%}" for value in values)
         print(f"  {name:<40} {statistics.median(values):>6.1%}   ({listed})")
     sys.exit(0 if ok else 1)
+
+
+def compare_logs(factory: DeliveryFactory, args: argparse.Namespace) -> bool:
+    """Rounds of billing-mirror with logs at info and at warning, in alternating order; the
+    throughput with logs as a share of the throughput without, per database."""
+    shares: dict[str, list[float]] = {}
+    extra_cpu: dict[str, list[float]] = {}
+    ok = True
+    databases = [
+        name for name, skip in (("SQLite", args.skip_sqlite), ("PostgreSQL", args.skip_postgres)) if not skip
+    ]
+    for round_number in range(1, args.rounds + 1):
+        order = ("warning", "info") if round_number % 2 else ("info", "warning")
+        print(f"\n=== logs round {round_number} of {args.rounds}: {' then '.join(order)}")
+        for database in databases:
+            rates: dict[str, float] = {}
+            cpus: dict[str, float] = {}
+            for level in order:
+                warmup, measured = factory.deliveries(args.warmup), factory.deliveries(args.requests)
+                name = f"billing-mirror, {database}, logs at {level}"
+                with contextlib.ExitStack() as stack:
+                    if database == "SQLite":
+                        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bm-bench-"))
+                        url = f"sqlite:///{Path(folder) / 'mirror.db'}"
+                    else:
+                        url = stack.enter_context(temporary_pg_database("bm_bench", PG_ADMIN_URL))
+                    m = measure_mirror(
+                        name,
+                        url,
+                        warmup,
+                        measured,
+                        args.concurrency,
+                        workers=1 if database == "SQLite" else args.workers,
+                        factory=args.app,
+                        log_level=level,
+                    )
+                answered = m.result.ok + m.warmup.ok
+                ok &= m.stored == answered and m.result.not_ok == 0
+                rates[level] = m.result.rate
+                cpus[level] = m.server_cpu_us or 0.0
+                p50, p99 = m.result.percentile(0.50) * 1000, m.result.percentile(0.99) * 1000
+                print(
+                    f"  {name:<45} {m.result.rate:>9.0f} events/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+                    f"  server CPU {cpus[level]:.0f} us/event"
+                )
+            share = rates["info"] / rates["warning"]
+            shares.setdefault(database, []).append(share)
+            extra_cpu.setdefault(database, []).append(cpus["info"] - cpus["warning"])
+            print(
+                f"  {database}: with the line per delivery {share:.1%} of the throughput without;"
+                f" server CPU {cpus['info'] - cpus['warning']:+.0f} us/event"
+            )
+    print(f"\nthroughput with logs at info as a share of logs at warning, median of {args.rounds} round(s):")
+    for database, values in shares.items():
+        listed = ", ".join(f"{value:.1%}" for value in values)
+        cpu_listed = ", ".join(f"{value:+.0f}" for value in extra_cpu[database])
+        print(f"  {database:<12} {statistics.median(values):>6.1%}   ({listed})")
+        print(
+            f"  {'':<12} server CPU per event, info minus warning: median"
+            f" {statistics.median(extra_cpu[database]):+.0f} us ({cpu_listed})"
+        )
+    return ok
 
 
 def run_round(factory: DeliveryFactory, args: argparse.Namespace) -> list[Measurement]:

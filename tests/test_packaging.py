@@ -38,6 +38,7 @@ from tests.support import free_port, require_postgres, temporary_pg_database
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "invoice_payment.paid.json"
 SECRET = "whsec_packaging_test"
+INSPECTOR_KEY = "bm_packaging_inspector_key"
 # What a wheel is built from: the project files setuptools reads (the rest of the checkout is not
 # packaged). Copied with their symlinks, as in the checkout (migrations/alembic.ini is one).
 SOURCES = ("pyproject.toml", "README.md", "alembic.ini", "app", "migrations")
@@ -141,6 +142,10 @@ def _expected_files() -> set[str]:
     migrations = ROOT / "migrations"
     expected |= {f"app/migrations/{p.relative_to(migrations).as_posix()}" for p in migrations.rglob("*.py")}
     expected |= {"app/migrations/alembic.ini", "app/migrations/script.py.mako"}
+    # The inspector's pages are package data.
+    expected |= {
+        f"app/{p.relative_to(ROOT / 'app').as_posix()}" for p in (ROOT / "app").rglob("templates/*.html")
+    }
     return {name for name in expected if "__pycache__" not in name}
 
 
@@ -224,6 +229,7 @@ def test_installed_command_migrates_and_serves(
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = _clean_env(installed.venv)
+    env["BILLING_MIRROR_API_KEYS"] = INSPECTOR_KEY
     if database is not None:
         env["DATABASE_URL"] = database
     url = database or f"sqlite:///{workdir / 'billing-mirror.db'}"
@@ -259,6 +265,10 @@ def test_installed_command_migrates_and_serves(
                 pass
             assert time.monotonic() < deadline, f"serve did not answer in 30 s:\n{log.read_text()}"
             time.sleep(0.1)
+
+        # The inspector renders from the installed templates (a read API key opens it).
+        page = httpx.get(f"http://127.0.0.1:{port}/inspect", auth=("ops", INSPECTOR_KEY), timeout=10)
+        assert page.status_code == 200 and "Rows per table" in page.text, page.text
 
         event = json.loads(FIXTURE.read_text())
         body = json.dumps(event).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,9 @@ from app.recording.stored_events import (
     single_line,
 )
 from app.settings import Settings
-from app.timestamps import format_time
+from app.timestamps import format_time, parse_duration
+
+logger = logging.getLogger("billing_mirror.prune")
 
 
 def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -230,6 +233,76 @@ def retry(event_ids: tuple[str, ...], all_failed: bool, database_url: str | None
     click.echo(", ".join(f"{name} {number}" for name, number in sorted(counts.items())) or "nothing to retry")
     if trouble:
         sys.exit(1)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@events.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="Delete what was received longer ago than this (90d, 12h, ...).",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted and kept.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@database_url_option()
+def prune_command(older_than: int, dry_run: bool, as_json: bool, database_url: str | None) -> None:
+    """Delete stored events (and dead letters) received longer ago than --older-than, in short
+    batches that never hold up the receivers. Failed events, the newest event of every object and
+    every event a mirrored row still names as its version are kept, so a replay of what is left
+    rebuilds the mirror's current rows (README: Retention)."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.db.engine import make_engine
+    from app.recording.prune import prune
+
+    url = Settings.from_env(database_url=database_url).database_url
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    engine = make_engine(url)
+    try:
+        report = prune(
+            engine,
+            cutoff,
+            dry_run=dry_run,
+            on_batch=lambda so_far: logger.info(
+                "prune: %d events deleted so far", so_far.deleted, extra={"deleted": so_far.deleted}
+            ),
+        )
+    finally:
+        engine.dispose()
+    logger.info(
+        "prune: %d events %s; kept %d failed, %d newest of their object, %d mirrored, %d recent;"
+        " %d dead letters %s",
+        report.deleted,
+        "to delete" if dry_run else "deleted",
+        report.kept_failed,
+        report.kept_newest,
+        report.kept_mirrored,
+        report.kept_recent,
+        report.dead_letters_deleted,
+        "to delete" if dry_run else "deleted",
+        extra=report.as_dict(),
+    )
+    if as_json:
+        click.echo(json.dumps({**report.as_dict(), "received_before": cutoff.isoformat()}))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    kept_old = report.kept_failed + report.kept_newest + report.kept_mirrored
+    click.echo(f"received before {cutoff.isoformat(timespec='seconds')}:")
+    click.echo(f"  {verb} {report.deleted} events and {report.dead_letters_deleted} dead letters")
+    click.echo(
+        f"  kept {kept_old} events: {report.kept_failed} failed, {report.kept_newest} the newest of their"
+        f" object, {report.kept_mirrored} still the version of a mirrored row"
+    )
+    click.echo(f"kept {report.kept_recent} events and {report.dead_letters_kept} dead letters received since")
 
 
 def _report(results: list[Any], counts: dict[str, int]) -> int:

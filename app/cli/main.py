@@ -9,12 +9,46 @@ import click
 from app.cli.backfill import backfill
 from app.cli.options import database_url_option
 from app.cli.read import register as register_query_commands
-from app.settings import HOW_TO_SET_API_KEY, ConfigurationError, Settings
+from app.settings import (
+    DEFAULT_COMMAND_LOG_LEVEL,
+    HOW_TO_SET_API_KEY,
+    LOG_LEVELS,
+    ConfigurationError,
+    Settings,
+)
+
+LOG_LEVEL_ENV, LOG_FORMAT_ENV = "BILLING_MIRROR_LOG_LEVEL", "BILLING_MIRROR_LOG_FORMAT"
+
+
+def log_options(function: click.decorators.FC) -> click.decorators.FC:
+    """``--log-level`` and ``--log-format`` (or BILLING_MIRROR_LOG_LEVEL / BILLING_MIRROR_LOG_FORMAT)."""
+    function = click.option(
+        "--log-format",
+        type=click.Choice(("text", "json"), case_sensitive=False),
+        help=f"Log lines as text (default) or JSON objects; or {LOG_FORMAT_ENV}.",
+    )(function)
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        help=f"Log level (serve: info, one line per delivery; other commands: warning); or {LOG_LEVEL_ENV}.",
+    )(function)
 
 
 @click.group()
-def cli() -> None:
+@log_options
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """billing-mirror: a verified Stripe Billing webhook receiver and SQL mirror."""
+    import os
+
+    ctx.obj = {"log_level": log_level, "log_format": log_format}
+    if ctx.invoked_subcommand == "serve":
+        return  # serve sets up its own logs, in every server process
+    if log_level or log_format or os.environ.get(LOG_LEVEL_ENV) or os.environ.get(LOG_FORMAT_ENV):
+        from app.webhook.logs import configure_logging
+
+        settings = Settings.from_env(log_level=log_level, log_format=log_format)
+        configure_logging(settings.log_level or DEFAULT_COMMAND_LOG_LEVEL, settings.log_format)
 
 
 @cli.command()
@@ -68,7 +102,15 @@ def migrate(database_url: str | None) -> None:
     type=click.IntRange(min=1),
     help="Connections each server process holds at most (default 1000); or BILLING_MIRROR_MAX_CONNECTIONS.",
 )
+@log_options
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    help="Also serve GET /metrics without a key on this port of 127.0.0.1; or BILLING_MIRROR_METRICS_PORT.",
+)
+@click.pass_context
 def serve(
+    ctx: click.Context,
     host: str,
     port: int,
     workers: int,
@@ -83,6 +125,9 @@ def serve(
     body_timeout: str | None,
     keep_alive: str | None,
     max_connections: int | None,
+    log_level: str | None,
+    log_format: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run the webhook receiver (and read API) with uvicorn."""
     import os
@@ -101,6 +146,9 @@ def serve(
             body_timeout_seconds=body_timeout,
             keep_alive_seconds=keep_alive,
             max_connections=max_connections,
+            log_level=log_level or (ctx.obj or {}).get("log_level"),
+            log_format=log_format or (ctx.obj or {}).get("log_format"),
+            metrics_port=metrics_port,
         )
         settings.require_secrets()
         if settings.catch_up_seconds and not settings.stripe_api_key:
@@ -123,7 +171,8 @@ def serve(
     os.environ["BILLING_MIRROR_BODY_TIMEOUT"] = str(settings.body_timeout_seconds)
     os.environ["BILLING_MIRROR_KEEP_ALIVE"] = str(settings.keep_alive_seconds)
     os.environ["BILLING_MIRROR_MAX_CONNECTIONS"] = str(settings.max_connections)
-    click.echo(f"billing-mirror listening on http://{host}:{port}/webhooks/stripe", err=True)
+    if settings.metrics_port:
+        os.environ["BILLING_MIRROR_METRICS_PORT"] = str(settings.metrics_port)
     run_server(settings, host=host, port=port, workers=workers)
 
 

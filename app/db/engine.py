@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
+import weakref
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 
 from app.db.sqlite_setup import configure_connection
 from app.json_text import json_text
@@ -73,7 +76,9 @@ def make_engine(
 ) -> Engine:
     """``for_writing=False`` gives SQLite readers plain BEGIN so they never wait for the writer.
     ``timeout_seconds`` (a receiver's deadline) bounds waits on PostgreSQL: connecting, a connection
-    from the pool, locks and statements (postgres_connect_args)."""
+    from the pool, locks and statements (postgres_connect_args). A PostgreSQL engine pings a
+    connection before handing it out, a writing one only when it was not used in the last
+    RECENT_SECONDS (or was given back before a lost connection: mark_connections_suspect)."""
     url = normalize_url(url)
     kwargs.setdefault("json_serializer", json_text)
     if is_sqlite(url):
@@ -83,4 +88,49 @@ def make_engine(
     if timeout_seconds:
         kwargs.setdefault("pool_timeout", timeout_seconds)
     kwargs.setdefault("connect_args", postgres_connect_args(timeout_seconds))
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+    if not for_writing:
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+    engine = create_engine(url, pool_size=5, max_overflow=5, **kwargs)
+    _ping_unless_recently_used(engine)
+    return engine
+
+
+# A writing engine's connection given back less than this long ago is handed out without a ping: a
+# receiver under load checks one out per batch, and a ping per batch was one more round trip that
+# only confirmed what the previous batch had just shown (issue #15).
+RECENT_SECONDS = 2.0
+_CHECKED_IN = "billing_mirror_checked_in"
+# Per writing engine: when its connections were last marked suspect (mark_connections_suspect).
+_suspect_since: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+def _ping_unless_recently_used(engine: Engine) -> None:
+    """pool_pre_ping, except for connections that worked less than RECENT_SECONDS ago and were given
+    back since the last mark_connections_suspect; a connection that fails its ping is replaced."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in = record.info.get(_CHECKED_IN)
+        now = time.monotonic()
+        if (
+            checked_in is not None
+            and now - checked_in < RECENT_SECONDS
+            and checked_in > _suspect_since.get(engine, -math.inf)
+        ):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # As pool_pre_ping: this connection and every one older than it are replaced.
+            raise InvalidatePoolError(f"the connection failed its ping: {exc}") from exc
+
+
+def mark_connections_suspect(engine: Engine) -> None:
+    """A connection of ``engine`` was lost: ping every connection given back until now before its next
+    use (as SQLAlchemy invalidates its pool when a statement meets a disconnect)."""
+    _suspect_since[engine] = time.monotonic()

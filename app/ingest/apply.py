@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from app.mirror.outcome import Outcome
-from app.mirror.writes import Write, execute_writes, execute_writes_of_events
+from app.mirror.writes import (
+    Write,
+    execute_writes,
+    execute_writes_of_events,
+    queue_writes_of_events,
+    row_counts,
+)
 
 # Hand-written back-off, not a retry library: this runs in the SQLite writer child, which loads only
 # the standard library.
@@ -157,19 +163,21 @@ class EventSql:
     """The stripe_events statements in one driver's parameter style."""
 
     store: str  # INSERT .. ON CONFLICT (id) DO NOTHING
+    store_new: str  # INSERT that fails on an event already stored (the pipelined pass, PostgreSQL)
     record: str  # the new outcome of a stored event
     dead_letter: str  # INSERT INTO dead_letters
     known: str  # (id, outcome, attempts) of the stored events among an array of ids
     ids_param: Callable[[list[str]], Any]
+    # The new events as one statement taking one array per column (PostgreSQL: app.ingest.store):
+    # one execution instead of one per event; like store_new, it fails on an event stored already.
+    store_columns: str | None = None
 
 
 def event_sql(dialect: str) -> EventSql:
     mark = {"sqlite": "?", "postgresql": "%s"}[dialect]
     columns = ", ".join(EVENT_COLUMNS)
-    store = (
-        f"INSERT INTO stripe_events ({columns}) VALUES ({', '.join([mark] * len(EVENT_COLUMNS))})"
-        " ON CONFLICT (id) DO NOTHING"
-    )
+    store_new = f"INSERT INTO stripe_events ({columns}) VALUES ({', '.join([mark] * len(EVENT_COLUMNS))})"
+    store = f"{store_new} ON CONFLICT (id) DO NOTHING"
     record = (
         f"UPDATE stripe_events SET outcome = {mark}, error = {mark}, processed_at = {mark},"
         f" attempts = {mark} WHERE id = {mark}"
@@ -184,10 +192,10 @@ def event_sql(dialect: str) -> EventSql:
             "SELECT id, outcome, attempts FROM stripe_events"
             " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
         )
-        return EventSql(store, record, dead_letter, known, json.dumps)
+        return EventSql(store, store_new, record, dead_letter, known, json.dumps)
     # FOR UPDATE: another receiver cannot re-apply the same failed event meanwhile.
     known = "SELECT id, outcome, attempts FROM stripe_events WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
-    return EventSql(store, record, dead_letter, known, list)
+    return EventSql(store, store_new, record, dead_letter, known, list)
 
 
 def stored_outcomes(driver: Any, sql: EventSql, ids: list[str]) -> dict[str, tuple[str, int]]:
@@ -204,6 +212,11 @@ class RedoCarefully(Exception):
     """The optimistic pass met a failing write or a concurrent writer: redo the batch carefully."""
 
 
+class StoredBefore(Exception):
+    """The pipelined pass wrote for an event that turned out to be stored already: redo the batch
+    (rolled back) with the lookup first."""
+
+
 def _processed_at(outcome: Outcome, planned: PlannedEvent) -> Any:
     """A failed event is not processed; any other was processed when it was received."""
     return None if outcome == Outcome.FAILED else planned.row[RECEIVED_AT]
@@ -216,7 +229,12 @@ def _outcome_of(changed: int, planned: PlannedEvent) -> Outcome:
 
 
 def apply_optimistically(
-    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int]
+    driver: Any,
+    sql: EventSql,
+    events: Sequence[PlannedEvent],
+    order: Sequence[int],
+    *,
+    speculate: bool = True,
 ) -> list[IngestResult]:
     """The whole batch without savepoints, in a handful of statements.
 
@@ -228,13 +246,21 @@ def apply_optimistically(
        one executemany UPDATE records the outcome of the re-applied ones, and one INSERT the dead
        letters (refused deliveries).
 
+    On a driver with pipelines (psycopg) and with ``speculate``, the batch takes two round trips,
+    BEGIN and COMMIT included: the SELECT of step 1 is sent together with the writes of every event
+    of the batch, as if none were stored yet (the usual case); then step 3 together with the COMMIT,
+    its INSERT without ON CONFLICT, so that an event stored meanwhile by another receiver fails the
+    batch (redone carefully) instead of being committed twice. If the SELECT shows that a written
+    event was stored before, StoredBefore propagates: the caller rolls back and calls again without
+    ``speculate``.
+
     If a statement raises for anything but the database itself, or if the INSERT stores fewer rows
     than expected (another receiver stored one of these events after step 1), RedoCarefully
     propagates and the caller rolls the transaction back.
     """
     try:
-        return _apply_optimistically(driver, sql, events, order)
-    except RedoCarefully:
+        return _apply_optimistically(driver, sql, events, order, speculate)
+    except (RedoCarefully, StoredBefore):
         raise
     except Exception as exc:
         if is_infrastructure_error(exc):
@@ -243,7 +269,7 @@ def apply_optimistically(
 
 
 def _apply_optimistically(
-    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int]
+    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int], speculate: bool
 ) -> list[IngestResult]:
     first_seen: dict[str, int] = {}
     dead_letters: list[int] = []
@@ -252,22 +278,47 @@ def _apply_optimistically(
             dead_letters.append(index)
         else:
             first_seen.setdefault(events[index].id, index)
-    stored = stored_outcomes(driver, sql, sorted(first_seen))
+    pipeline = getattr(driver, "pipeline", None) if speculate else None
+    if pipeline is not None and len(first_seen) > _LOOKUP_CHUNK:
+        pipeline = None
 
     # First which events to apply (the first copy of each new event, or of a stored one that failed,
     # unless its handler failed), then all their writes at once, then each outcome.
-    to_apply = []
-    for index in order:
-        planned = events[index]
-        known = stored.get(planned.id)
-        if (
-            planned.dead_letter is None
-            and first_seen[planned.id] == index
-            and planned.error is None
-            and (known is None or known[0] == Outcome.FAILED)
-        ):
-            to_apply.append(index)
-    changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
+    if pipeline is not None:
+        to_apply = [
+            index
+            for index in order
+            if events[index].dead_letter is None
+            and first_seen[events[index].id] == index
+            and events[index].error is None
+        ]
+        with pipeline() as sent:
+            found = driver.cursor()
+            if first_seen:
+                found.execute(sql.known, (sql.ids_param(sorted(first_seen)),))
+            cursors = queue_writes_of_events(driver, [events[index].writes for index in to_apply])
+            sent.sync()
+        stored = {row[0]: (row[1], row[2]) for row in found.fetchall()} if first_seen else {}
+        found.close()
+        changes = row_counts(cursors)
+        for index in to_apply:
+            known = stored.get(events[index].id)
+            if known is not None and known[0] != Outcome.FAILED:
+                raise StoredBefore(events[index].id)
+    else:
+        stored = stored_outcomes(driver, sql, sorted(first_seen))
+        to_apply = []
+        for index in order:
+            planned = events[index]
+            known = stored.get(planned.id)
+            if (
+                planned.dead_letter is None
+                and first_seen[planned.id] == index
+                and planned.error is None
+                and (known is None or known[0] == Outcome.FAILED)
+            ):
+                to_apply.append(index)
+        changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
     changed_by_index = dict(zip(to_apply, changes, strict=True))
 
     results: list[IngestResult | None] = [None] * len(events)
@@ -299,6 +350,22 @@ def _apply_optimistically(
             new_rows.append((*planned.row, processed, outcome.value, 1, planned.error))
         else:
             reapplied.append((outcome.value, planned.error, processed, known[1] + 1, event_id))
+    followups = [write for index in order for write in events[index].after]
+    if pipeline is not None:
+        # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
+        with pipeline():
+            if new_rows and sql.store_columns is not None:
+                driver.execute(sql.store_columns, [list(column) for column in zip(*new_rows, strict=True)])
+            elif new_rows:
+                driver.cursor().executemany(sql.store_new, new_rows)
+            if reapplied:
+                driver.cursor().executemany(sql.record, reapplied)
+            if dead_letters:
+                driver.cursor().executemany(sql.dead_letter, [events[i].dead_letter for i in dead_letters])
+            if followups:
+                row_counts(queue_writes_of_events(driver, [followups]))
+            driver.commit()
+        return [result for result in results if result is not None]
     if new_rows:
         cursor = driver.cursor()
         cursor.executemany(sql.store, new_rows)
@@ -308,7 +375,6 @@ def _apply_optimistically(
         driver.cursor().executemany(sql.record, reapplied)
     if dead_letters:
         driver.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
-    followups = [write for index in order for write in events[index].after]
     if followups:
         execute_writes(driver, followups)
     return [result for result in results if result is not None]
@@ -392,8 +458,12 @@ def apply_batch(
     savepoint per event, so that the failing event is stored as failed and its neighbours applied."""
     order = apply_order(events, keep_order)
     try:
-        with transaction() as driver:
-            return apply_optimistically(driver, sql, events, order)
+        try:
+            with transaction() as driver:
+                return apply_optimistically(driver, sql, events, order)
+        except StoredBefore:  # (rolled back) the pipelined pass wrote for a duplicate: look up first
+            with transaction() as driver:
+                return apply_optimistically(driver, sql, events, order, speculate=False)
     except RedoCarefully:
         pass
     results: list[IngestResult | None] = [None] * len(events)

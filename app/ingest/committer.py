@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Self
 
@@ -26,6 +27,8 @@ from app.ingest.store import Ingests, received_now
 from app.mirror.envelope import Event
 
 _STOP = object()
+# Told of each batch stored: (events in it, transactions the writer committed so far); for metrics.
+BatchHook = Callable[[int, int], None]
 
 
 class IngestCrashed(Exception):
@@ -60,6 +63,7 @@ class Committer(Protocol):
     Used as ``async with committer:``; on exit every event already submitted has been answered."""
 
     stats: WriterStats
+    on_batch: BatchHook | None
 
     @property
     def commits(self) -> int: ...
@@ -87,6 +91,7 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.writers = writers
         self.stats = WriterStats()
+        self.on_batch: BatchHook | None = None
         self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -160,6 +165,8 @@ class GroupCommitter:
             self.stats.batches += 1
             self.stats.events += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        if self.on_batch is not None:
+            self.on_batch(len(batch), self.store.commits)
         # One wake-up of each event loop per batch, not one per event: the loop thread competes
         # with this one for the GIL, and every call_soon_threadsafe writes to its self-pipe.
         answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IngestResult], Any]]] = {}

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Dialect
 
 from app.ingest.apply import DatabaseUnavailable, IngestResult, PlannedEvent
-from app.ingest.committer import WriterStats
+from app.ingest.committer import BatchHook, WriterStats
 from app.ingest.plan import plan_event, plan_refused
 from app.ingest.store import received_now
 from app.ingest.writer_process import WriterChild
@@ -84,6 +84,7 @@ class SqliteCommitter:
         self.max_batch = max_batch
         self.apply = apply
         self.stats = WriterStats()
+        self.on_batch: BatchHook | None = None
         self._queued: deque[tuple[PlannedEvent, Waiter]] = deque()
         self._child: _Child | None = None
         self._last_child: WriterChild[list[Waiter]] | None = None
@@ -164,6 +165,8 @@ class SqliteCommitter:
 
     def _answered(self, child: _Child, payload: bytes) -> None:
         waiters, results = child.link.answered(payload)
+        if self.on_batch is not None:
+            self.on_batch(len(waiters), child.link.commits)
         for waiter, result in zip(waiters, results, strict=True):
             if waiter.done():  # the client went away meanwhile
                 continue

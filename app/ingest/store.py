@@ -3,7 +3,7 @@ transaction per batch and commit, before any caller is told an outcome.
 
 Planning (app.ingest.plan) happens before the transaction opens, so locks are held only while rows
 are written; storing and applying is app.ingest.apply, run on the DBAPI connection of a SQLAlchemy
-session.
+session (SQLite) or on a pooled psycopg connection without a session (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -20,9 +21,10 @@ from typing import Any, Protocol
 from sqlalchemy import Dialect, Engine
 from sqlalchemy.orm import Session
 
-from app.db.engine import sqlite_path
+from app.db.engine import mark_connections_suspect, sqlite_path
 from app.db.models import StripeEvent
 from app.ingest.apply import (
+    EVENT_COLUMNS,
     DatabaseUnavailable,
     EventSql,
     IngestResult,
@@ -56,7 +58,15 @@ class Ingests(Protocol):
 
 @lru_cache(maxsize=8)
 def statements_for(dialect: Dialect) -> EventSql:
-    return event_sql(dialect.name)
+    sql = event_sql(dialect.name)
+    if dialect.name != "postgresql":
+        return sql
+    # One INSERT for all the new events of a batch, from one array per column (sent in binary: the
+    # payloads are not escaped), typed as the columns are.
+    table = table_of(StripeEvent)
+    arrays = ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in EVENT_COLUMNS)
+    store_columns = f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest({arrays})"
+    return replace(sql, store_columns=store_columns)
 
 
 @lru_cache(maxsize=8)
@@ -81,6 +91,11 @@ def plan_all(events: Sequence[Event | PlannedEvent], dialect: Dialect, apply: Ap
     ]
 
 
+def _lost(driver: Any, exc: BaseException) -> bool:
+    """Whether ``driver`` (a psycopg connection) can no longer be used after ``exc``."""
+    return bool(driver.closed or driver.broken or getattr(exc, "connection_invalidated", False))
+
+
 class EventStore:
     """Stores and applies events against one engine; safe to share between threads."""
 
@@ -91,10 +106,42 @@ class EventStore:
         self.commits = 0  # transactions committed (group commit makes them far fewer than events)
         self._commits_lock = threading.Lock()  # several writer threads may commit at once
 
+    def _transaction(self) -> AbstractContextManager[Any]:
+        if self.dialect.name == "postgresql":
+            return self._driver_transaction()
+        return self._session_transaction()
+
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _session_transaction(self) -> Iterator[Any]:
         with Session(self.engine) as session, session.begin():
             yield driver_connection(session)
+        with self._commits_lock:
+            self.commits += 1
+
+    @contextmanager
+    def _driver_transaction(self) -> Iterator[Any]:
+        """A transaction on a pooled psycopg connection, without a SQLAlchemy session: each batch of a
+        receiver under load took a session, a connection and a ping (app.db.engine pings only the
+        connections not used recently). Committed on success, rolled back otherwise; a connection
+        that fails is thrown away and the others are pinged before their next use."""
+        pooled = self.engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        try:
+            yield driver
+            driver.commit()  # nothing left to commit when the apply pipelined its COMMIT
+        except BaseException as exc:
+            if _lost(driver, exc):
+                pooled.invalidate()
+                mark_connections_suspect(self.engine)
+            else:
+                try:
+                    driver.rollback()
+                except Exception:
+                    pooled.invalidate()
+                    mark_connections_suspect(self.engine)
+            raise
+        finally:
+            pooled.close()  # back to the pool (an invalidated one reconnects when next taken)
         with self._commits_lock:
             self.commits += 1
 

@@ -75,19 +75,31 @@ def execute_writes_of_events(driver: Any, events_writes: Sequence[Sequence[Write
     pipeline = getattr(driver, "pipeline", None)
     if pipeline is None:  # sqlite3: in process, a statement costs no round trip
         return [execute_writes(driver, writes) for writes in events_writes]
-    cursors: list[list[Any]] = []
     with pipeline() as sent:
-        for writes in events_writes:
-            mine = []
-            for sql, params, many in coalesced(writes):
-                cursor = driver.cursor()
-                if many:
-                    cursor.executemany(sql, params)
-                else:
-                    cursor.execute(sql, params)
-                mine.append(cursor)
-            cursors.append(mine)
+        cursors = queue_writes_of_events(driver, events_writes)
         sent.sync()
+    return row_counts(cursors)
+
+
+def queue_writes_of_events(driver: Any, events_writes: Sequence[Sequence[Write]]) -> list[list[Any]]:
+    """Send the writes of several events into the psycopg pipeline open on ``driver``, one list of
+    cursors per event; read them with ``row_counts`` once the pipeline is synced."""
+    cursors: list[list[Any]] = []
+    for writes in events_writes:
+        mine = []
+        for sql, params, many in coalesced(writes):
+            cursor = driver.cursor()
+            if many:
+                cursor.executemany(sql, params)
+            else:
+                cursor.execute(sql, params)
+            mine.append(cursor)
+        cursors.append(mine)
+    return cursors
+
+
+def row_counts(cursors: list[list[Any]]) -> list[int]:
+    """Each event's rows changed, from the cursors of ``queue_writes_of_events`` (closed here)."""
     changed = [sum(cursor.rowcount for cursor in mine) for mine in cursors]
     for mine in cursors:
         for cursor in mine:

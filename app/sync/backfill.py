@@ -6,8 +6,8 @@ carried to another filter: stripe-api-sync.md §1.1). When a window's page shows
 threads are idle, the window ends there: what it has not read lies at or below the page's oldest
 second, and that range is cut into new windows fetched from scratch, in parallel (the objects of
 that boundary second already read are read once more, never one missed). The cuts grow older
-geometrically from the boundary, starting at the time span of the page itself, so windows follow the
-density of the data.
+geometrically from the boundary, starting at FIRST_WINDOW_PAGES times the time span of the page
+itself, so windows follow the density of the data and hold several pages each.
 
 Threads fetch pages (under the reader's limits); the calling thread turns each page into one snapshot
 event (app.mirror.snapshots) and hands it to the store with the page's checkpoint as ``after``
@@ -18,6 +18,7 @@ are not synced themselves, with their payments.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -38,9 +39,15 @@ from app.sync.checkpoints import Checkpoints, Window, page_checkpoint
 from app.sync.fetch import ListPage, StripeReader, complete_invoice
 from app.sync.resources import INVOICE_PAYMENTS, INVOICES, Resource, fetched_snapshot
 
+logger = logging.getLogger("billing_mirror.sync")
+
 Results = list[IngestResult | DatabaseUnavailable]
 DEFAULT_THREADS = 8
 MAX_SPLIT = 16
+# A cut's first window spans this many pages' worth of seconds (at the density of the page that
+# caused it): each window ends with a partial page, so windows of one page read 80 objects a request
+# and windows of eight 95 (bench/README.md, sync backfill).
+FIRST_WINDOW_PAGES = 8
 # Pages handed to the store before their answers are read (the SQLite writer process pipelines them).
 IN_FLIGHT_PAGES = 8
 
@@ -258,6 +265,17 @@ class Backfill:
         if item.window.done:
             progress.windows_open -= 1
             progress.windows_done += 1
+        logger.info(
+            "sync %s: page of %d objects stored (%s), window %s..%s%s; %d objects so far",
+            item.resource.name,
+            item.objects,
+            "duplicate" if result.duplicate else result.outcome.value,
+            item.window.created_gte if item.window.created_gte is not None else "",
+            item.window.created_lt if item.window.created_lt is not None else "",
+            " done" if item.window.done else "",
+            progress.objects,
+            extra={"resource": item.resource.name, "objects": item.objects, "outcome": result.outcome.value},
+        )
         self._fetched_seconds[item.resource.name].add(item.fetched_at)
         if item.resource.created_filter:
             self._track(item)
@@ -329,7 +347,8 @@ class Backfill:
         if idle < 1 or oldest + 1 - low < 2:  # nobody to share with, or one second left: page on
             return []
         window.done = True
-        return split(resource.name, low, oldest + 1, max(created) - oldest + 1, min(idle + 1, MAX_SPLIT))
+        step = FIRST_WINDOW_PAGES * (max(created) - oldest + 1)
+        return split(resource.name, low, oldest + 1, step, min(idle + 1, MAX_SPLIT))
 
     def _snapshot(self, resource: Resource, page: ListPage) -> Event:
         return fetched_snapshot(
@@ -370,6 +389,14 @@ class Backfill:
             finished_at = (state.started_at if state else None) or int(time.time())
         self.checkpoints.finish(resource.name, finished_at)
         progress.finished = True
+        logger.info(
+            "sync %s: finished, %d objects in %d pages (%d read again)",
+            resource.name,
+            progress.objects,
+            progress.pages,
+            progress.refreshed,
+            extra={"resource": resource.name, "objects": progress.objects},
+        )
 
     def _tied_objects(self, resource: Resource, seconds: set[int]) -> list[str]:
         """Objects of ``resource`` named by an event (not a snapshot) created in one of ``seconds``."""

@@ -25,6 +25,7 @@ from app.settings import Settings
 from app.sync.catch_up import catch_up
 from app.sync.fetch import StripeApi, StripeReader
 from app.sync.refresh import refresh
+from app.webhook.metrics import Metrics
 
 logger = logging.getLogger("billing_mirror.sync")
 _PROCESS_LOCKS: dict[str, threading.Lock] = {}
@@ -81,8 +82,9 @@ class BackgroundSync:
     """A thread of the receiver: a catch-up round every ``catch_up_seconds`` (when set) and a refresh
     round every ``refresh_seconds``, each under the lock of its kind."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.engine = engine
         api_key = settings.require_api_key()
         self.api = StripeApi(
@@ -124,16 +126,33 @@ class BackgroundSync:
 
     def _round(self, kind: str, work: Callable[[], None]) -> None:
         name = lock_name(kind, self.api.stripe_account)
+        result = "skipped"
+        started = time.monotonic()
         try:
             with exclusive(self.engine, self.settings.database_url, name) as held:
                 if held:
                     work()
                     self.rounds += 1
+                    result = "done"
         except Exception as exc:  # a round that failed is tried again at the next one
+            result = "failed"
             logger.warning("%s failed: %s: %s", kind, type(exc).__name__, exc)
+        if self.metrics is not None:
+            self.metrics.sync_round(kind, result)
+        logger.debug("%s round %s in %.2f s", kind, result, time.monotonic() - started)
 
     def _catch_up(self) -> None:
         report = catch_up(self.reader, self.engine, self.store)
+        if self.metrics is not None:
+            counts = {
+                "applied": report.applied,
+                "duplicate": report.duplicates,
+                "stale": report.stale,
+                "ignored": report.ignored,
+                "failed": report.failed,
+                "unreadable": report.unreadable,
+            }
+            self.metrics.sync_stored("catch-up", counts)
         if report.gap_lost:
             logger.warning(
                 "catch-up: the mirror's newest event is older than the 30 days Stripe keeps events;"
@@ -150,6 +169,14 @@ class BackgroundSync:
 
     def _refresh(self) -> None:
         report = refresh(self.reader, self.engine, self.store)
+        if self.metrics is not None:
+            counts = {
+                "items": report.items,
+                "invoices": report.invoices,
+                "gone": report.gone,
+                "failed": report.failed,
+            }
+            self.metrics.sync_stored("refresh", counts)
         if report.total or report.gone:
             logger.info(
                 "refresh: %d invoice items and %d invoices read again (%d gone from Stripe, %d failed)",

@@ -16,6 +16,7 @@ so (``gap_lost``): only a full ``sync`` restores what happened before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from app.mirror.outcome import Outcome
 from app.mirror.upsert import table_of
 from app.sync.checkpoints import Checkpoints
 from app.sync.fetch import StripeReader, Window, created_windows, fetch_chains
+
+logger = logging.getLogger("billing_mirror.sync")
 
 EVENTS_PATH = "/v1/events"
 EVENT_HORIZON_SECONDS = 30 * 86_400
@@ -163,6 +166,13 @@ def catch_up(
             if chains_left[window] == 0:
                 report.windows_done += 1
                 _advance_watermark(checkpoints, pending, chains_left, now)
+                logger.info(
+                    "catch-up: window %d..%d read (%d of %d windows)",
+                    window.start,
+                    window.end,
+                    report.windows_done,
+                    report.windows,
+                )
             if on_progress is not None:
                 on_progress(report)
             continue
@@ -173,10 +183,21 @@ def catch_up(
             except EnvelopeError:
                 report.unreadable += 1
         report.events += len(page.objects)
+        page_counts: dict[str, int] = {}
         for result in store.ingest(events, keep_order=True) if events else []:
             if isinstance(result, DatabaseUnavailable):
                 raise RuntimeError(f"the database is unavailable: {result}")
             report.count(result)
+            name = "duplicate" if result.duplicate else result.outcome.value
+            page_counts[name] = page_counts.get(name, 0) + 1
+        logger.info(
+            "catch-up: page of %d events from window %d..%d stored: %s",
+            len(page.objects),
+            window.start,
+            window.end,
+            ", ".join(f"{name} {count}" for name, count in sorted(page_counts.items())) or "none",
+            extra={"events": len(page.objects), "outcomes": page_counts},
+        )
         if on_progress is not None:
             on_progress(report)
     return report

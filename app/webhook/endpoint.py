@@ -22,10 +22,15 @@ from app.mirror.envelope import EnvelopeError, parse_event
 from app.mirror.outcome import Outcome
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.webhook.errors import error_response
+from app.webhook.logs import log_fast
+from app.webhook.metrics import Metrics
 from app.webhook.signature import SignatureError, verify_signature
 
 JSON_HEADERS = (b"content-type", b"application/json")
 logger = logging.getLogger("billing_mirror.webhook")
+# One line per delivery, at info: ids, type, outcome and time to commit, never the body or a header.
+DELIVERY_LINE = "delivery %s type=%s object=%s outcome=%s duplicate=%s commit_ms=%.1f"
+REJECTED_LINE = "delivery rejected: %s"
 UNAVAILABLE_LOG_SECONDS = 10.0  # an outage fails every delivery: one line per interval says so
 
 
@@ -122,6 +127,12 @@ class StripeWebhookEndpoint:
                 tolerance=settings.tolerance_seconds,
             )
         except SignatureError as exc:
+            metrics: Metrics | None = getattr(state, "metrics", None)
+            if metrics is not None:
+                metrics.verification_failures.labels(exc.problem.value).inc()
+            logger.info(
+                REJECTED_LINE, exc.problem.value, extra={"outcome": "rejected", "reason": exc.problem.value}
+            )
             response = error_response(
                 400, "signature_verification_error", exc.message, code=exc.problem.value
             )
@@ -133,7 +144,56 @@ class StripeWebhookEndpoint:
             refusal = committer.refuse(body, exc.kind, exc.message)
             return await answer(scope, receive, send, settings, refusal, timeout, None, exc.kind)
         storing = committer.submit(event)
-        return await answer(scope, receive, send, settings, storing, timeout, event.id, "unstorable")
+        return await answer(
+            scope,
+            receive,
+            send,
+            settings,
+            storing,
+            timeout,
+            event.id,
+            "unstorable",
+            event.type,
+            event.object_id,
+        )
+
+
+def _observe(
+    scope: Scope,
+    result: IngestResult,
+    event_type: str | None,
+    object_id: str | None,
+    started: float,
+) -> None:
+    """The delivery's line and metrics, once it is stored."""
+    seconds = time.perf_counter() - started
+    outcome = result.outcome.value
+    metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+    if metrics is not None:
+        metrics.delivered(event_type or "", outcome, result.duplicate, seconds)
+    if logger.isEnabledFor(logging.INFO):
+        milliseconds = round(seconds * 1000, 3)
+        log_fast(
+            logger,
+            logging.INFO,
+            DELIVERY_LINE,
+            (
+                result.event_id or "-",
+                event_type or "-",
+                object_id or "-",
+                outcome,
+                "true" if result.duplicate else "false",
+                milliseconds,
+            ),
+            {
+                "event_id": result.event_id or None,
+                "type": event_type,
+                "object_id": object_id,
+                "outcome": outcome,
+                "duplicate": result.duplicate,
+                "commit_ms": milliseconds,
+            },
+        )
 
 
 async def answer(
@@ -145,6 +205,8 @@ async def answer(
     timeout: float,
     event_id: str | None,
     refusal_code: str,
+    event_type: str | None = None,
+    object_id: str | None = None,
 ) -> None:
     """Wait (at most ``timeout`` seconds) for the delivery to be stored, and say what became of it.
 
@@ -152,9 +214,13 @@ async def answer(
     re-applied by the mirror itself; refused bodies can never apply): Stripe retrying adds nothing.
     With ``answer_after="applied"`` a failed event answers 500 and a refused one 400, as before;
     ``refusal_code`` is the error code of a refusal (why the body is no storable event)."""
+    started = time.perf_counter()
     try:
         result = await asyncio.wait_for(storing, timeout)
     except (DatabaseUnavailable, TimeoutError) as exc:
+        metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+        if metrics is not None:
+            metrics.unavailable.inc()
         if isinstance(exc, NotStored):
             logger.error("Delivery %s could not be stored: %s", event_id, exc)
             response = error_response(
@@ -176,6 +242,7 @@ async def answer(
         logger.exception("Delivery %s could not be stored", event_id)
         response = error_response(500, "internal_error", "The event could not be stored. Stripe will retry.")
         return await response(scope, receive, send)
+    _observe(scope, result, event_type, object_id, started)
     applied_only = settings.answer_after == "applied"
     if result.outcome == Outcome.REFUSED:
         logger.warning("Refused a verified delivery (kept as a dead letter): %s", result.error)
