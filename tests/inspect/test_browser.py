@@ -105,12 +105,20 @@ def screenshot(driver: Any, backend: str, name: str, *, whole_page: bool = True)
 
 def click_and_wait(driver: Any, element: Any) -> None:
     """Click what leaves the page (a link, a submit button) and wait for the next page."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element("tag name", "html")
     element.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+    def left_the_page(_driver: Any) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:  # stale; chromedriver may also say "does not belong to the document"
+            return True
+        return False
+
+    WebDriverWait(driver, 20).until(left_the_page)
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
