@@ -17,7 +17,7 @@ A request head larger than MAX_HEAD_BYTES is answered 431 and closed.
 Each server process holds at most ``max_connections``: beyond it a new connection takes the place of
 the one that has waited longest for a request head (idle ones go first), or, when every connection
 is busy with a request, is answered 503 and closed. Closings and refusals are logged as warnings, at
-most one line per kind every LOG_EVERY_SECONDS. Nothing happens at import.
+most one line per kind every THROTTLED_LOG_SECONDS (app.webhook.logs). Nothing happens at import.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import asyncio
 import ctypes
 import json
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -46,12 +45,11 @@ from uvicorn.server import ServerState
 
 from app.main import create_app
 from app.settings import DEFAULT_SERVE_LOG_LEVEL, Settings
-from app.webhook.logs import WEBHOOK_PATH, configure_logging, logging_config
+from app.webhook.logs import WEBHOOK_PATH, ThrottledWarning, configure_logging, logging_config
 from app.webhook.metrics import MULTIPROCESS_DIR, multiprocess_mode, serve_metrics_port
 
 logger = logging.getLogger("billing_mirror.server")
 
-LOG_EVERY_SECONDS = 10.0
 # httptools sets no limit on a request head: without one, a head that never ends grows in memory
 # until the header timeout (h11, uvicorn's other parser, stops at 16 KiB).
 MAX_HEAD_BYTES = 64 * 1024
@@ -119,34 +117,6 @@ class ConnectionLimits:
         return cls(settings.header_timeout_seconds, settings.body_timeout_seconds, allowed)
 
 
-class ThrottledWarning:
-    """A warning logged at most once every ``every`` seconds, with how many times it happened since
-    the previous line, so a flood of bad clients cannot flood the log."""
-
-    def __init__(self, message: str, every: float = LOG_EVERY_SECONDS) -> None:
-        self.message = message  # %d: how many times
-        self.every = every
-        self.count = 0
-        self.logged_at = -math.inf
-        self.flush: asyncio.TimerHandle | None = None
-
-    def happened(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.count += 1
-        if loop.time() - self.logged_at >= self.every:
-            self._log(loop)
-        elif self.flush is None:  # the ones held back are reported when the interval ends
-            self.flush = loop.call_at(self.logged_at + self.every, self._log, loop)
-
-    def _log(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.flush is not None:
-            self.flush.cancel()
-            self.flush = None
-        if self.count:
-            logger.warning(self.message, self.count)
-            self.count = 0
-            self.logged_at = loop.time()
-
-
 def _error_answer(status: HTTPStatus, error_type: str, message: str, *headers: str) -> bytes:
     """A whole HTTP response with Stripe's error object, written by the protocol itself (the
     application does not have the request, or has lost it), after which the connection closes."""
@@ -187,23 +157,27 @@ class ConnectionGuard:
             "retry-after: 5",
         )
         self.head_timeouts = ThrottledWarning(
+            logger,
             f"closed %d connection(s) that sent no complete request head within {limits.header_timeout:g}s"
-            " (BILLING_MIRROR_HEADER_TIMEOUT)"
+            " (BILLING_MIRROR_HEADER_TIMEOUT)",
         )
         self.body_timeouts = ThrottledWarning(
+            logger,
             f"answered 408 to %d request(s) whose body did not arrive within {limits.body_timeout:g}s"
-            " (BILLING_MIRROR_BODY_TIMEOUT)"
+            " (BILLING_MIRROR_BODY_TIMEOUT)",
         )
         self.large_heads = ThrottledWarning(
-            f"answered 431 to %d request(s) whose head exceeded {MAX_HEAD_BYTES} bytes"
+            logger, f"answered 431 to %d request(s) whose head exceeded {MAX_HEAD_BYTES} bytes"
         )
         self.evictions = ThrottledWarning(
+            logger,
             f"closed %d connection(s) waiting for a request head to make room for new ones: this process"
-            f" holds at most {limits.max_connections} (BILLING_MIRROR_MAX_CONNECTIONS)"
+            f" holds at most {limits.max_connections} (BILLING_MIRROR_MAX_CONNECTIONS)",
         )
         self.refusals = ThrottledWarning(
+            logger,
             f"answered 503 to %d new connection(s): all {limits.max_connections} connections of this"
-            " process are busy with requests (BILLING_MIRROR_MAX_CONNECTIONS)"
+            " process are busy with requests (BILLING_MIRROR_MAX_CONNECTIONS)",
         )
 
     def admit(self, connection: GuardedHttpProtocol) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     Text,
+    func,
     select,
     text,
     tuple_,
@@ -90,6 +91,13 @@ class DeadLetter(SQLModel, table=True):
     event_id: str | None = Field(default=None, index=True)
     event_type: str | None = None
     body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+def dead_letter_summary() -> list[Any]:
+    """The columns that list a dead letter (everything but its body, and the body's size)."""
+    letters = DeadLetter.__table__  # type: ignore[attr-defined]
+    names = ("id", "received_at", "source", "reason", "message", "event_id", "event_type")
+    return [*(letters.c[name] for name in names), func.length(letters.c.body).label("size")]
 
 
 class MirrorVersion(SQLModel):

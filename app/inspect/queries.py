@@ -28,6 +28,7 @@ from app.db.models import (
     StripeEvent,
     SyncState,
     SyncWindow,
+    dead_letter_summary,
 )
 from app.ingest.retrier import next_retry_at
 from app.inspect.diff import Diff, diff, snapshot_of
@@ -323,17 +324,7 @@ class LetterPage:
 
 def dead_letters_page(connection: Connection, before_id: int | None, limit: int = PAGE_SIZE) -> LetterPage:
     preview = func.substr(LETTERS.c.body, 1, 400).label("preview")
-    query = select(
-        LETTERS.c.id,
-        LETTERS.c.received_at,
-        LETTERS.c.source,
-        LETTERS.c.reason,
-        LETTERS.c.message,
-        LETTERS.c.event_id,
-        LETTERS.c.event_type,
-        func.length(LETTERS.c.body).label("size"),
-        preview,
-    )
+    query = select(*dead_letter_summary(), preview)
     if before_id is not None:
         query = query.where(LETTERS.c.id < before_id)
     found = list(connection.execute(query.order_by(LETTERS.c.id.desc()).limit(limit + 1)))

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, func, or_, select
 
-from app.db.models import DeadLetter, StripeEvent
+from app.db.models import DeadLetter, StripeEvent, dead_letter_summary
 from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.ingest.store import EventStore
 from app.mirror.envelope import EnvelopeError, Event, parse_event
@@ -95,16 +95,7 @@ def list_events(engine: Engine, where: EventFilter, limit: int) -> list[Any]:
 def list_dead_letters(engine: Engine, where: EventFilter, limit: int) -> list[Any]:
     """The refused deliveries (dead_letters), newest first; ``since``/``until`` apply to their
     receipt (they have no trustworthy ``created``), ``types`` to the type they claim."""
-    query = select(
-        LETTERS.c.id,
-        LETTERS.c.received_at,
-        LETTERS.c.source,
-        LETTERS.c.reason,
-        LETTERS.c.message,
-        LETTERS.c.event_id,
-        LETTERS.c.event_type,
-        func.length(LETTERS.c.body).label("size"),
-    )
+    query = select(*dead_letter_summary())
     if where.since is not None:
         query = query.where(LETTERS.c.received_at >= datetime.fromtimestamp(where.since, UTC))
     if where.until is not None:

@@ -22,7 +22,7 @@ from app.mirror.envelope import EnvelopeError, parse_event
 from app.mirror.outcome import Outcome
 from app.settings import HOW_TO_SET_SECRET, Settings
 from app.webhook.errors import error_response
-from app.webhook.logs import log_fast
+from app.webhook.logs import ThrottledWarning, log_fast
 from app.webhook.metrics import Metrics
 from app.webhook.signature import SignatureError, verify_signature
 
@@ -31,27 +31,11 @@ logger = logging.getLogger("billing_mirror.webhook")
 # One line per delivery, at info: ids, type, outcome and time to commit, never the body or a header.
 DELIVERY_LINE = "delivery %s type=%s object=%s outcome=%s duplicate=%s commit_ms=%.1f"
 REJECTED_LINE = "delivery rejected: %s"
-UNAVAILABLE_LOG_SECONDS = 10.0  # an outage fails every delivery: one line per interval says so
 
 
-class _EveryFewSeconds:
-    """Lets a message through at most once per ``seconds`` (and counts the ones it held back)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.last = -seconds
-        self.held = 0
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now - self.last < self.seconds:
-            self.held += 1
-            return False
-        self.last = now
-        return True
-
-
-unavailable_log = _EveryFewSeconds(UNAVAILABLE_LOG_SECONDS)
+unavailable_log = ThrottledWarning(
+    logger, "Deliveries answered 503: %s (%d since the previous such line)", level=logging.ERROR
+)
 
 
 class BodyTooLarge(Exception):
@@ -227,10 +211,8 @@ async def answer(
                 500, "internal_error", "The event could not be stored. Stripe will retry."
             )
             return await response(scope, receive, send)
-        if unavailable_log.due():
-            held, unavailable_log.held = unavailable_log.held, 0
-            reason = str(exc) or f"no commit within {timeout} s"
-            logger.error("Deliveries answered 503: %s (%d more since the last such line)", reason, held)
+        reason = str(exc) or f"no commit within {timeout} s"
+        unavailable_log.happened(asyncio.get_running_loop(), reason)  # an outage fails every delivery
         response = error_response(
             503,
             "database_unavailable",

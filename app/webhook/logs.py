@@ -12,9 +12,11 @@ applies it here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import logging.config
+import math
 import os
 import select
 import threading
@@ -39,6 +41,8 @@ _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 
 # Flushed this often (and at once for warnings and errors, and at exit) by serve's handler.
 FLUSH_SECONDS = 0.5
+# Lines about floods (bad clients, an outage failing every delivery) at most this often (ThrottledWarning).
+THROTTLED_LOG_SECONDS = 10.0
 _BUFFER_BYTES = 64 * 1024
 _ATOMIC_BYTES: int = getattr(select, "PIPE_BUF", 4096)  # a pipe writes this much in one piece
 
@@ -276,3 +280,42 @@ def logging_config(
 def configure_logging(level: str, log_format: str) -> None:
     """Apply ``logging_config`` in this process (the commands other than ``serve``)."""
     logging.config.dictConfig(logging_config(level, log_format))
+
+
+class ThrottledWarning:
+    """A line logged at most once every ``every`` seconds, with how many times it happened since the
+    previous line, so a flood (bad clients, an outage failing every delivery) cannot flood the log.
+    ``message`` takes the details of the latest occurrence, then the count (%d)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        every: float = THROTTLED_LOG_SECONDS,
+        level: int = logging.WARNING,
+    ) -> None:
+        self.logger = logger
+        self.message = message
+        self.every = every
+        self.level = level
+        self.count = 0
+        self.details: tuple[Any, ...] = ()
+        self.logged_at = -math.inf
+        self.flush: asyncio.TimerHandle | None = None
+
+    def happened(self, loop: asyncio.AbstractEventLoop, *details: Any) -> None:
+        self.count += 1
+        self.details = details
+        if loop.time() - self.logged_at >= self.every:
+            self._log(loop)
+        elif self.flush is None:  # the ones held back are reported when the interval ends
+            self.flush = loop.call_at(self.logged_at + self.every, self._log, loop)
+
+    def _log(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.flush is not None:
+            self.flush.cancel()
+            self.flush = None
+        if self.count:
+            self.logger.log(self.level, self.message, *self.details, self.count)
+            self.count = 0
+            self.logged_at = loop.time()

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from app.server import ConnectionLimits, ThrottledWarning
+from app.server import ConnectionLimits
 from app.settings import ConfigurationError, Settings
+from app.webhook.logs import ThrottledWarning
 from tests.support import run_cli
 
 
@@ -95,7 +96,9 @@ def test_the_connection_limit_fits_the_open_file_limit(caplog: pytest.LogCapture
 
 def test_a_flood_of_warnings_is_one_line_then_one_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     async def flood() -> None:
-        warning = ThrottledWarning("closed %d connection(s)", every=0.2)
+        warning = ThrottledWarning(
+            logging.getLogger("billing_mirror.server"), "closed %d connection(s)", every=0.2
+        )
         loop = asyncio.get_running_loop()
         for _ in range(500):
             warning.happened(loop)
