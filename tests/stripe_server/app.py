@@ -283,6 +283,7 @@ class StripeServer:
     # -- transport ------------------------------------------------------------------------------
 
     async def _serve(self, request: Request) -> Response:
+        arrived = time.monotonic()  # before any work, so intervals between requests are arrivals'
         request_id = "req_" + secrets.token_hex(8)
         path = request.url.path
         query = request.scope["query_string"].decode("latin-1")
@@ -342,7 +343,7 @@ class StripeServer:
                 request_id=request_id,
                 status=status,
                 server_time=self.clock.now(),
-                monotonic=time.monotonic(),
+                monotonic=arrived,
                 account=account_id,
                 endpoint=endpoint.name if endpoint else None,
             )

@@ -197,7 +197,7 @@ class LoggedRequest:
     request_id: str
     status: int
     server_time: float  # the server clock
-    monotonic: float  # the real clock, for intervals between attempts
+    monotonic: float  # the real clock at arrival, for intervals between attempts
     account: str | None
     endpoint: str | None  # e.g. "GET /v1/invoices/{id}", None for an unknown URL
 

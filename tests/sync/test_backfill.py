@@ -5,6 +5,7 @@ parallel, checkpoints, resuming, and the rate limit."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import stamina
 from sqlalchemy import Engine
 
 from app.db.engine import make_engine
+from app.sync.fetch import StripeReader
 from app.testing.dump import dump, rows
 from tests.stripe_server import objects
 from tests.stripe_server.faults import Mutate, api_error, rate_limit_error
@@ -228,20 +230,36 @@ def test_a_connect_account_is_synced_on_its_own(
     assert snapshot["account"] == "acct_connected"
 
 
-def test_the_limiter_keeps_the_sync_under_max_rps(stripe_api: RunningServer, db_url: str) -> None:
+def test_the_limiter_keeps_the_sync_under_max_rps(
+    stripe_api: RunningServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     populate(stripe_api.server.store, items=2000, invoices=0)
     stripe_api.server.clock.set(NOW)
     args = sync_args(stripe_api.url, db_url, "items", "--threads", "8")
     args[args.index("--max-rps") + 1] = "20"
     args[args.index("--max-endpoint-rps") + 1] = "20"
+    granted: list[float] = []
+    acquire = StripeReader._acquire
+
+    def timed_acquire(reader: StripeReader, endpoint: str) -> None:
+        acquire(reader, endpoint)
+        granted.append(time.monotonic())  # the moment the request may leave
+
+    monkeypatch.setattr(StripeReader, "_acquire", timed_acquire)
 
     assert run_cli("sync", *args).exit_code == 0
 
+    def fastest_twenty_one(times: list[float]) -> float:
+        """The shortest span holding 21 requests: at least a second when at most 20 go in any second."""
+        times = sorted(times)
+        return min(times[index + 20] - times[index] for index in range(len(times) - 20))
+
     arrivals = [entry.monotonic for entry in stripe_api.server.log.matching("/v1/invoiceitems")]
-    assert len(arrivals) >= 20
-    slack = 0.02
-    for index in range(len(arrivals) - 20):
-        assert arrivals[index + 20] - arrivals[index] >= 1 - slack, "more than 20 requests in a second"
+    assert len(arrivals) == len(granted) > 21
+    assert fastest_twenty_one(granted) >= 1.0, "the limiter let more than 20 requests go in a second"
+    # The test server shares this process (and its GIL) with 8 sync threads and their writes, so a
+    # request may reach it a scheduling slice after it left; 10 % is far below a missing limiter's 8x.
+    assert fastest_twenty_one(arrivals) >= 0.9, "more than 20 requests reached the server in 0.9 s"
 
 
 @pytest.mark.parametrize("resource", ["nothing", "events,items"])
