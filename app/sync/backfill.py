@@ -47,7 +47,7 @@ MAX_SPLIT = 16
 # A cut's first window spans this many pages' worth of seconds (at the density of the page that
 # caused it): each window ends with a partial page, so windows of one page read 80 objects a request
 # and windows of eight 95 (bench/README.md, sync backfill).
-FIRST_WINDOW_PAGES = 8
+FIRST_WINDOW_PAGES = 16
 # Pages handed to the store before their answers are read (the SQLite writer process pipelines them).
 IN_FLIGHT_PAGES = 8
 
@@ -343,11 +343,13 @@ class Backfill:
         if window.done or not resource.created_filter or oldest is None:
             return []
         low = window.created_gte if window.created_gte is not None else 0
+        step = FIRST_WINDOW_PAGES * (max(created) - oldest + 1)
         idle = scheduler.idle()
-        if idle < 1 or oldest + 1 - low < 2:  # nobody to share with, or one second left: page on
+        # Nobody to share with, or no more left than one new window would take: page on (a cut costs
+        # a partial page and a second read twice, and would gain no parallel window).
+        if idle < 1 or oldest + 1 - low <= step:
             return []
         window.done = True
-        step = FIRST_WINDOW_PAGES * (max(created) - oldest + 1)
         return split(resource.name, low, oldest + 1, step, min(idle + 1, MAX_SPLIT))
 
     def _snapshot(self, resource: Resource, page: ListPage) -> Event:

@@ -93,7 +93,7 @@ class ListPage:
 # pyrate-limiter sleeps this much past every wait it computes: with its default, 50 ms (half the
 # 100 ms window below), 8 threads got 67 requests/s of 100; with 5 ms 95 (bench/README.md). 1 ms gave
 # 99, but then requests reached the server closer together than the limit (jitter after the slot).
-LIMITER_BUFFER_MS = 5
+LIMITER_BUFFER_MS = 1
 
 
 def _limiter(max_rps: float) -> Limiter:
