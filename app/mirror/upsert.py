@@ -9,18 +9,21 @@ only ever turns on (with the earliest deleting event remembered).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Dialect, Table, and_, bindparam, case, delete, exists, or_, tuple_
+import orjson
+from sqlalchemy import JSON, Dialect, Table, and_, bindparam, case, delete, exists, or_, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
 from app.db.models import VERSION_NAMES
+from app.json_text import json_text
 from app.mirror.driver_sql import PreparedStatement
-from app.mirror.writes import Writes
+from app.mirror.writes import BULK_FORMS, BulkForm, Writes
 
 VERSION_COLUMNS = VERSION_NAMES
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
@@ -128,7 +131,52 @@ def _prepared_upsert(
     tail = (*VERSION_COLUMNS, "account", *(TOMBSTONE_COLUMNS if tombstoned else ()))
     columns = tuple(dict.fromkeys(key + data + tail))  # a name given twice is one column
     statement = _upsert_statement(dialect.name, table, key, columns, tombstoned and deleting)
-    return PreparedStatement(statement, dialect, key=key, data=data, tail=tail), tombstoned
+    prepared = PreparedStatement(statement, dialect, key=key, data=data, tail=tail)
+    if dialect.name == "postgresql":
+        BULK_FORMS[prepared.sql] = _bulk_form(prepared.sql, table, dialect, key)
+    return prepared, tombstoned
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s(?:::[A-Z ]+)?")  # %(name)s, with the cast psycopg's dialect adds
+
+
+def _bulk_form(sql: str, table: Table, dialect: Dialect, key: tuple[str, ...]) -> BulkForm:
+    """The upsert ``sql`` (``INSERT INTO t (a, b) VALUES (%(a)s, %(b)s) ON CONFLICT ...``) with its
+    VALUES read from ``json_to_recordset`` of the rows, each column typed as in the table. JSON columns
+    are read as the text the driver would have sent, then cast: a JSON null stays JSON, not NULL."""
+    head, _, rest = sql.partition(" VALUES (")
+    values, _, conflict = rest.partition(") ON CONFLICT ")
+    placeholders = [_PLACEHOLDER.fullmatch(placeholder) for placeholder in values.split(", ")]
+    names = tuple(match[1] for match in placeholders if match is not None)
+    listed = head[head.index("(") + 1 : head.rindex(")")].split(", ")
+    if not conflict or len(listed) != len(names) != len(placeholders):
+        raise RuntimeError(f"unexpected upsert SQL for a bulk form: {sql[:200]}")
+    declared, selected = [], []
+    for name, column in zip(names, listed, strict=True):
+        column_type = table.c[column.strip('"')].type
+        compiled = column_type.compile(dialect=dialect)
+        if isinstance(column_type.dialect_impl(dialect), JSON):
+            declared.append(f'"{name}" text')
+            selected.append(f'"{name}"::{compiled}')
+        else:
+            declared.append(f'"{name}" {compiled}')
+            selected.append(f'"{name}"')
+    bulk = (
+        f"{head} SELECT {', '.join(selected)} FROM json_to_recordset(%(rows)s::json)"
+        f" AS bulk({', '.join(declared)}) ON CONFLICT {conflict}"
+    )
+    return BulkForm(bulk, key, _rows_document)
+
+
+def _driver_json(value: Any) -> Any:
+    """A value the driver would have dumped itself: psycopg's JSON wrapper, as the text it sends."""
+    if hasattr(value, "obj"):
+        return (getattr(value, "dumps", None) or json_text)(value.obj)
+    raise TypeError(f"{type(value).__name__} has no JSON form")
+
+
+def _rows_document(rows: Sequence[Any]) -> dict[str, str]:
+    return {"rows": orjson.dumps(rows, default=_driver_json).decode()}
 
 
 @lru_cache(maxsize=256)
