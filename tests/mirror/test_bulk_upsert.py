@@ -121,6 +121,8 @@ def test_a_key_given_twice_in_one_page_is_written_row_by_row(pg_engine: Engine) 
     ingest_pages(pg_engine, [(INVOICE_ITEMS, [item, again, objects.invoice_item(date=T0 + 1)])])
 
     with pg_engine.connect() as connection:
-        amounts = connection.execute(text("SELECT amount FROM invoice_items WHERE id = :id"), {"id": item["id"]})
+        amounts = connection.execute(
+            text("SELECT amount FROM invoice_items WHERE id = :id"), {"id": item["id"]}
+        )
         assert amounts.scalars().all() == [2500]  # the same version twice: the later row wins, as in order
         assert connection.execute(text("SELECT count(*) FROM invoice_items")).scalar_one() == 2

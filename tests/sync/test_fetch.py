@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import stamina
+import stripe
 
 from app.sync.fetch import (
     FetchError,
@@ -159,3 +160,33 @@ def test_stripe_time_reads_the_date_header_and_refuses_none() -> None:
     assert stripe_time(headers) == T0 + 59
     with pytest.raises(FetchError, match="no Date header"):
         stripe_time({})
+
+
+def test_the_proxy_variables_are_honoured(stripe_api: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader reads the proxy variables once (not per request, as requests would): a request goes
+    through HTTP_PROXY, unless NO_PROXY names the host."""
+    import socketserver
+    import threading
+
+    heard: list[bytes] = []
+
+    class Proxy(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            heard.append(self.rfile.readline())
+            self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    stripe_api.server.store.put(INVOICES, objects.invoice(created=T0))
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with stamina.set_testing(True, attempts=1), pytest.raises(stripe.APIError):
+            reader_for(stripe_api).page("/v1/invoices")
+        assert heard and heard[0].startswith(f"GET {stripe_api.url}/v1/invoices?".encode())
+        through_the_proxy = len(heard)  # the SDK's own quick retries included
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert len(reader_for(stripe_api).page("/v1/invoices").objects) == 1
+        assert len(heard) == through_the_proxy
+        proxy.shutdown()
