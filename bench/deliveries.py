@@ -94,6 +94,8 @@ class DeliveryFactory:
             return self._envelope(event_type, obj)
         invoice = copy.deepcopy(self.templates["invoice.paid"]["data"]["object"])
         invoice["id"] = _stripe_id("in", self.rng)
+        for line in invoice["lines"]["data"]:  # Stripe's line ids are unique: no two invoices share a row
+            line.update(id=_stripe_id("il", self.rng), invoice=invoice["id"])
         payments = [self._payment(invoice["id"]) for _ in range(self.rng.randint(1, 3))]
         if self.paid_payments and self.rng.random() < 0.3:  # re-sends a payment already mirrored
             payments.append(self.paid_payments[self.rng.randrange(len(self.paid_payments))])

@@ -59,6 +59,8 @@ def generate_events(count: int) -> Iterator[dict[str, Any]]:
         else:
             obj["id"] = f"in_bench_{number:010d}"
             obj["payments"]["data"][0]["id"] = f"inpay_benchinv_{number:010d}"
+            for position, line in enumerate(obj["lines"]["data"]):  # Stripe's line ids are unique
+                line.update(id=f"il_bench_{number:010d}_{position}", invoice=obj["id"])
         yield event
 
 

@@ -10,7 +10,7 @@ only ever turns on (with the earliest deleting event remembered).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ from sqlmodel import SQLModel
 from app.db.models import VERSION_NAMES
 from app.json_text import json_text
 from app.mirror.driver_sql import PreparedStatement
-from app.mirror.writes import BULK_FORMS, BulkForm, Writes
+from app.mirror.writes import BULK_FORMS, FOOTPRINTS, BulkForm, Writes
 
 VERSION_COLUMNS = VERSION_NAMES
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
@@ -134,7 +134,22 @@ def _prepared_upsert(
     prepared = PreparedStatement(statement, dialect, key=key, data=data, tail=tail)
     if dialect.name == "postgresql":
         BULK_FORMS[prepared.sql] = _bulk_form(prepared.sql, table, dialect, key)
+        FOOTPRINTS[prepared.sql] = _row_footprint(table.name, key)
     return prepared, tombstoned
+
+
+def _row_footprint(table_name: str, key: tuple[str, ...]) -> Callable[[Any], tuple[Hashable, ...]]:
+    """The one row an upsert writes (and reads), by its key."""
+    if len(key) == 1:
+        (name,) = key
+        return lambda row: ((table_name, row[name]),)
+    return lambda row: ((table_name, tuple(row[name] for name in key)),)
+
+
+def footprint_of_parent(marker_table: str, index: int | str = 0) -> Callable[[Any], tuple[Hashable, ...]]:
+    """The footprint of a statement about all the children of a parent (its parameter ``index``):
+    the parent's marker row (e.g. an invoice's line set) names everything such statements touch."""
+    return lambda row: ((marker_table, row[index]),)
 
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s(?:::[A-Z ]+)?")  # %(name)s, with the cast psycopg's dialect adds
@@ -260,7 +275,9 @@ def _superseded_statement(
         .correlate(child)
     )
     statement = delete(child).where(child.c[child_parent_column] == bindparam("parent_id"), superseded)
-    return PreparedStatement(statement, dialect, data=("parent_id",), values_clause=False)
+    prepared = PreparedStatement(statement, dialect, data=("parent_id",), values_clause=False)
+    FOOTPRINTS[prepared.sql] = footprint_of_parent(marker.name, "parent_id")
+    return prepared
 
 
 def delete_unlisted(

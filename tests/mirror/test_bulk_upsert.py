@@ -15,14 +15,14 @@ from app.db.engine import make_engine
 from app.ingest.apply import IngestResult
 from app.ingest.store import EventStore
 from app.mirror import writes
-from app.mirror.envelope import EventSource
+from app.mirror.envelope import EventSource, parse_event
 from app.mirror.outcome import Outcome
 from app.sync.fetch import StripeApi
 from app.sync.resources import ALERTS, INVOICE_ITEMS, INVOICE_PAYMENTS, INVOICES, METERS, TEMPLATES, Resource
 from app.sync.resources import fetched_snapshot as snapshot
 from tests.stripe_server import objects
 from tests.stripe_server.app import API_KEY, API_VERSION
-from tests.support import T0, reset
+from tests.support import T0, encode, make_event, reset
 
 pytestmark = pytest.mark.postgres
 
@@ -126,3 +126,72 @@ def test_a_key_given_twice_in_one_page_is_written_row_by_row(pg_engine: Engine) 
         )
         assert amounts.scalars().all() == [2500]  # the same version twice: the later row wins, as in order
         assert connection.execute(text("SELECT count(*) FROM invoice_items")).scalar_one() == 2
+
+
+def test_a_batch_merged_across_events_ends_and_answers_as_one_event_after_another(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events whose rows are disjoint are written with one statement per kind of write for the whole
+    batch; the tables and every event's outcome are those of writing them one after another, also
+    with events about the same objects in the batch (a stale snapshot, a tie, a tombstone, an item
+    named by an invoice's lines, an invoice twice)."""
+    from tests.mirror.test_convergence import billing_pool, payments_and_items_pool
+
+    pool = [*payments_and_items_pool(), *billing_pool()]
+    pool += [
+        make_event("invoiceitem.created", objects.invoice_item(date=T0 + n), event_id=f"evt_many_{n}")
+        for n in range(40)
+    ]
+    events = [parse_event(encode(event)) for event in pool]
+    merged_statements: list[int] = []
+    send_merged = writes._send_merged
+
+    def counted(driver: Any, queued: writes.Queued, sql: str, entries: Any) -> None:
+        merged_statements.append(len(entries))
+        send_merged(driver, queued, sql, entries)
+
+    def ingest_all() -> tuple[list[Any], dict[str, list[str]]]:
+        reset(pg_engine)
+        results = EventStore(pg_engine).ingest(events, keep_order=True)
+        return [(r.event_id, r.outcome, r.duplicate) for r in results], table_texts(pg_engine)
+
+    monkeypatch.setattr(writes, "_send_merged", counted)
+    merged = ingest_all()
+    assert max(merged_statements) >= 40, "the batch's writes were not merged"
+
+    monkeypatch.setattr(writes, "FOOTPRINTS", {})
+    one_after_another = ingest_all()
+
+    assert merged == one_after_another
+    assert {outcome for _, outcome, _ in merged[0]} >= {Outcome.APPLIED, Outcome.STALE}
+
+
+def test_events_sharing_a_row_are_layered_and_each_keeps_the_order_of_its_statements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    footprints = {sql: (lambda row: (("t", row["id"]),)) for sql in ("A", "B", "C")}
+    monkeypatch.setattr(writes, "FOOTPRINTS", footprints)
+    one, two, three, four = ({"id": name} for name in ("1", "2", "3", "4"))
+    planned = [
+        [("A", one, False), ("B", two, False)],
+        [("B", three, False)],
+        [("A", two, False)],  # shares row 2 with the first event: after it
+        [("C", four, False), ("A", {"id": "5"}, False)],
+    ]
+    assert writes._layers(planned) == [[0, 1, 3], [2]]
+    stages = writes._stages(planned, [0, 1, 3])
+    assert [sql for sql, _ in stages] == ["C", "A", "B"]  # A before B (first event), C before A (fourth)
+    assert dict(stages)["A"] == [(0, one, False), (3, {"id": "5"}, False)]
+
+    # A write without a footprint: every event in turn, unmerged.
+    assert writes._layers([[("A", one, False)], [("unknown", two, False)]]) is None
+    # Events that disagree on the order of two statements are not merged within their layer.
+    crossed = [[("A", one, False), ("B", two, False)], [("B", three, False), ("A", four, False)]]
+    assert [
+        (sql, [event for event, _, _ in entries]) for sql, entries in writes._stages(crossed, [0, 1])
+    ] == [
+        ("A", [0]),
+        ("B", [0]),
+        ("B", [1]),
+        ("A", [1]),
+    ]

@@ -12,11 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.db.models import InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
+from app.db.models import Invoice, InvoiceItemInvoice, InvoiceLineItem, InvoiceLineSet
 from app.json_text import json_text
 from app.mirror.handlers.base import StripeObject, as_dict, embedded_price, quantity_text, ref_id
-from app.mirror.upsert import VERSION_COLUMNS, Version, delete_superseded, guarded_upsert, guarded_upsert_many
-from app.mirror.writes import Writes
+from app.mirror.upsert import (
+    VERSION_COLUMNS,
+    Version,
+    delete_superseded,
+    footprint_of_parent,
+    guarded_upsert,
+    guarded_upsert_many,
+    table_of,
+)
+from app.mirror.writes import FOOTPRINTS, Writes
 
 
 def line_parent_details(line: StripeObject) -> dict[str, Any]:
@@ -168,9 +176,26 @@ def take_off_superseded(writes: Writes, invoice_id: str, item_id: str | None = N
         f" AND ({link_version}) < ({list_version})"
     )
     if item_id is None:
-        writes.add(sql, (invoice_id,))
+        _add_about_lines(writes, sql, (invoice_id,))
     else:
-        writes.add(f"{sql} AND invoice_item_invoices.invoice_item = {mark}", (invoice_id, item_id))
+        _add_about_lines(
+            writes, f"{sql} AND invoice_item_invoices.invoice_item = {mark}", (invoice_id, item_id)
+        )
+
+
+_ABOUT_LINES = footprint_of_parent(table_of(InvoiceLineSet).name)
+
+
+def _add_about_lines(writes: Writes, sql: str, params: tuple[Any, ...], *, invoice_row: bool = False) -> None:
+    """Plan a statement about the lines (and line items) of the invoice its first parameter names;
+    its footprint is that invoice's line set (and, with ``invoice_row``, the invoice's row too)."""
+    if sql not in FOOTPRINTS:
+        if invoice_row:
+            invoice_table = table_of(Invoice).name
+            FOOTPRINTS[sql] = lambda row: (*_ABOUT_LINES(row), (invoice_table, row[0]))
+        else:
+            FOOTPRINTS[sql] = _ABOUT_LINES
+    writes.add(sql, params)
 
 
 def _not_listed(dialect: str, table: str, listed_column: str, set_sql: str) -> str:
@@ -204,19 +229,24 @@ def complete_lines_of_version(
     def as_array(values: list[str]) -> Any:
         return json_text(values) if dialect == "sqlite" else values
 
-    writes.add(
-        _not_listed(dialect, "invoice_line_items", "id", "DELETE"), (invoice_id, *version, as_array(ids))
+    _add_about_lines(
+        writes,
+        _not_listed(dialect, "invoice_line_items", "id", "DELETE"),
+        (invoice_id, *version, as_array(ids)),
     )
     # Items the list no longer names are off the invoice, unless a newer version put them there.
     taken_off = "SET present = FALSE"
-    writes.add(
+    _add_about_lines(
+        writes,
         _not_listed(dialect, "invoice_item_invoices", "invoice_item", taken_off),
         (invoice_id, *version, as_array(items)),
     )
     mark = "?" if dialect == "sqlite" else "%s"
-    writes.add(
+    _add_about_lines(
+        writes,
         f"UPDATE invoices SET lines_incomplete = {'0' if dialect == 'sqlite' else 'false'} WHERE id = {mark}"
         f" AND (version_precedence, last_event_created, version_tiebreak, last_event_id)"
         f" = ({mark}, {mark}, {mark}, {mark})",
         (invoice_id, *version),
+        invoice_row=True,
     )
