@@ -227,12 +227,13 @@ def _stages(planned: Sequence[Sequence[Write]], layer: list[int]) -> list[Stage]
                 after[previous].add(stage)
                 waiting_for[stage] += 1
             previous = stage
+    first_seen = {stage: position for position, stage in enumerate(entries)}
     ready = [stage for stage in entries if waiting_for[stage] == 0]
     ordered: list[Stage] = []
     while ready:
         stage = ready.pop(0)
         ordered.append((stage[0], entries[stage]))
-        for following in sorted(after[stage], key=list(entries).index):
+        for following in sorted(after[stage], key=first_seen.__getitem__):
             waiting_for[following] -= 1
             if waiting_for[following] == 0:
                 ready.append(following)

@@ -9,9 +9,10 @@ that boundary second already read are read once more, never one missed). The cut
 geometrically from the boundary, starting at FIRST_WINDOW_PAGES times the time span of the page
 itself, so windows follow the density of the data and hold several pages each.
 
-Threads fetch pages (under the reader's limits); the calling thread turns each page into one snapshot
-event (app.mirror.snapshots) and hands it to the store with the page's checkpoint as ``after``
-writes, so the page and its checkpoint commit together. Invoices come with every line (pages of
+Threads fetch pages (under the reader's limits), turn each into one snapshot event
+(app.mirror.snapshots) and plan it, with the page's checkpoint as ``after`` writes, so the page and
+its checkpoint commit together; the calling thread hands them to the store, the pages that arrived
+meanwhile in one transaction. Invoices come with every line (pages of
 ``/v1/invoices/{id}/lines`` for those whose embedded list ``has_more``) and, when invoice payments
 are not synced themselves, with their payments.
 """
@@ -45,8 +46,8 @@ Results = list[IngestResult | DatabaseUnavailable]
 DEFAULT_THREADS = 8
 MAX_SPLIT = 16
 # A cut's first window spans this many pages' worth of seconds (at the density of the page that
-# caused it): each window ends with a partial page, so windows of one page read 80 objects a request
-# and windows of eight 95 (bench/README.md, sync backfill).
+# caused it): each window ends with a partial page, so windows of one page read 80 objects a request,
+# of eight 95 and of sixteen 97.6 (bench/README.md, sync backfill).
 FIRST_WINDOW_PAGES = 16
 # Pages handed to the store before their answers are read (the SQLite writer process pipelines them).
 IN_FLIGHT_PAGES = 8

@@ -92,8 +92,8 @@ class ListPage:
 
 
 # pyrate-limiter sleeps this much past every wait it computes: with its default, 50 ms (half the
-# 100 ms window below), 8 threads got 67 requests/s of 100; with 5 ms 95 (bench/README.md). 1 ms gave
-# 99, but then requests reached the server closer together than the limit (jitter after the slot).
+# 100 ms window below), 8 threads got 67 requests/s of 100; with 5 ms 95, with 1 ms 98
+# (bench/README.md).
 LIMITER_BUFFER_MS = 1
 
 
