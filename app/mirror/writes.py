@@ -181,10 +181,9 @@ def queue_writes_of_events(driver: Any, events_writes: Sequence[Sequence[Write]]
     return queued
 
 
-# Merging pays for its footprints and RETURNING rows when the statements it saves are many for their
-# rows (webhook and replay batches: one to three rows a statement); events that are each a page of
-# 100 rows already are one statement each (sync at R = 100: 93.7 % of the rate unmerged, 89.8 %
-# merged; bench/README.md).
+# Merging pays for its footprints and returned rows when the statements it saves are many for their
+# rows (webhook and replay batches: one to three rows a statement); a page that sync fetched is one
+# statement of 100 rows already.
 MAX_ROWS_PER_STATEMENT_TO_MERGE = 8
 
 
