@@ -267,10 +267,9 @@ def _send_merged(driver: Any, queued: Queued, sql: str, entries: list[tuple[int,
             for row in params if many else (params,):
                 rows.append(row)
                 writer_of[bulk.key_of(row)] = event
-        arrays = bulk.params(rows) if len(writer_of) == len(rows) else None
-        if arrays is not None:
+        if len(writer_of) == len(rows):  # no row twice: what bulk.params checks, done above
             cursor = driver.cursor()
-            cursor.execute(bulk.returning, arrays)
+            cursor.execute(bulk.returning, bulk.encode(rows))
             queued.merged.append((cursor, writer_of))
             return
     for event, params, many in entries:
