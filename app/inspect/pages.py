@@ -37,7 +37,6 @@ from app.inspect.auth import (
 )
 from app.inspect.queries import (
     EVENTS,
-    INT64,
     OUTCOMES,
     Cursor,
     EventFilters,
@@ -49,7 +48,7 @@ from app.inspect.queries import (
     retry_due_at,
 )
 from app.json_text import json_value
-from app.mirror.envelope import EnvelopeError, parse_event
+from app.mirror.envelope import INT64, EnvelopeError, parse_event
 from app.mirror.outcome import Outcome
 from app.settings import Settings
 from app.timestamps import format_duration, format_time, parse_time

@@ -33,6 +33,7 @@ from app.db.models import (
 from app.ingest.retrier import next_retry_at
 from app.inspect.diff import Diff, diff, snapshot_of
 from app.json_text import json_value
+from app.mirror.envelope import INT64  # a bound past it is refused, not sent
 from app.mirror.outcome import Outcome
 from app.mirror.upsert import table_of
 
@@ -56,7 +57,6 @@ OBJECT_TABLES: tuple[Table, ...] = tuple(
 )
 OUTCOMES = tuple(outcome.value for outcome in Outcome if outcome != Outcome.REFUSED)
 PAGE_SIZE = 50
-INT64 = range(-(2**63), 2**63)  # what a BIGINT holds: a bound past it is refused, not sent
 MAX_HISTORY = 500  # events shown on an object's page (the newest ones)
 RELATED_ROWS = 100
 EXACT_COUNT_BELOW = 1_000_000  # PostgreSQL: larger tables show the planner's estimate

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Dialect, Integer, String, TypeDecorator
 from sqlalchemy.orm import Session
 
+from app.mirror.envelope import INT64
+
 Convert = Callable[[Any], Any]
 
 
@@ -71,7 +73,7 @@ class UnstorableValue(ValueError):
     fail the statement) end the same: the event is stored as failed, with this message."""
 
 
-INT32, INT64 = range(-(2**31), 2**31), range(-(2**63), 2**63)
+INT32 = range(-(2**31), 2**31)
 # Stripe's ids are at most 255 characters; an indexed PostgreSQL value past about 2.7 KB fails.
 MAX_INDEXED_TEXT = 255
 

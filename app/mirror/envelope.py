@@ -14,7 +14,7 @@ SNAPSHOT_OBJECT = "event"
 THIN_OBJECT = "v2.core.event"
 # Stripe's ids are about 30 characters; an index entry of PostgreSQL holds at most about 2.7 KB.
 MAX_ID_CHARS = 255
-INT64 = range(-(2**63), 2**63)
+INT64 = range(-(2**63), 2**63)  # what a stored integer holds: PostgreSQL BIGINT, SQLite INTEGER
 # A NUL or a surrogate escape: a parsed string may then hold what no database stores as text.
 UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+from app.mirror.envelope import INT64
 from app.read.errors import InvalidRequest
 
 RawValue = str | list[str] | dict[str, "RawValue"]
@@ -20,8 +21,7 @@ _KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
 # [0-9], not \d: \d and int() also take other scripts' digits (U+FF15, U+0665), int() "+5", " 5", "1_0".
 _INTEGER = re.compile(r"-?[0-9]+")
 # Every stored integer (unix times included) is a signed 64-bit one: PostgreSQL BIGINT, SQLite INTEGER.
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = INT64.start, INT64.stop - 1
 _INT64_DIGITS = len(str(INT64_MAX))
 NOT_UTF8 = "is not valid UTF-8 once percent-decoded"
 
