@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from app.mirror import simple_query
 from app.mirror.outcome import Outcome
 from app.mirror.writes import (
     Write,
@@ -163,21 +164,27 @@ class EventSql:
     """The stripe_events statements in one driver's parameter style."""
 
     store: str  # INSERT .. ON CONFLICT (id) DO NOTHING
-    store_new: str  # INSERT that fails on an event already stored (the pipelined pass, PostgreSQL)
     record: str  # the new outcome of a stored event
     dead_letter: str  # INSERT INTO dead_letters
     known: str  # (id, outcome, attempts) of the stored events among an array of ids
     ids_param: Callable[[list[str]], Any]
-    # The new events as one statement taking one array per column (PostgreSQL: app.ingest.store):
-    # one execution instead of one per event; like store_new, it fails on an event stored already.
-    store_columns: str | None = None
+
+    @staticmethod
+    def store_rows(rows: Sequence[tuple[Any, ...]]) -> str:
+        """One INSERT of ``rows`` (EVENT_COLUMNS) with their values written in, for a simple query on
+        PostgreSQL. Without ON CONFLICT: an event stored meanwhile by another receiver fails it, and
+        with it the batch, which is redone carefully instead of storing the event twice."""
+        values = ",\n".join(f"({', '.join(map(simple_query.literal, row))})" for row in rows)
+        return f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)}) VALUES {values}"
 
 
 def event_sql(dialect: str) -> EventSql:
     mark = {"sqlite": "?", "postgresql": "%s"}[dialect]
     columns = ", ".join(EVENT_COLUMNS)
-    store_new = f"INSERT INTO stripe_events ({columns}) VALUES ({', '.join([mark] * len(EVENT_COLUMNS))})"
-    store = f"{store_new} ON CONFLICT (id) DO NOTHING"
+    store = (
+        f"INSERT INTO stripe_events ({columns}) VALUES ({', '.join([mark] * len(EVENT_COLUMNS))})"
+        " ON CONFLICT (id) DO NOTHING"
+    )
     record = (
         f"UPDATE stripe_events SET outcome = {mark}, error = {mark}, processed_at = {mark},"
         f" attempts = {mark} WHERE id = {mark}"
@@ -192,10 +199,10 @@ def event_sql(dialect: str) -> EventSql:
             "SELECT id, outcome, attempts FROM stripe_events"
             " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
         )
-        return EventSql(store, store_new, record, dead_letter, known, json.dumps)
+        return EventSql(store, record, dead_letter, known, json.dumps)
     # FOR UPDATE: another receiver cannot re-apply the same failed event meanwhile.
     known = "SELECT id, outcome, attempts FROM stripe_events WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
-    return EventSql(store, store_new, record, dead_letter, known, list)
+    return EventSql(store, record, dead_letter, known, list)
 
 
 def stored_outcomes(driver: Any, sql: EventSql, ids: list[str]) -> dict[str, tuple[str, int]]:
@@ -246,7 +253,7 @@ def apply_optimistically(
        one executemany UPDATE records the outcome of the re-applied ones, and one INSERT the dead
        letters (refused deliveries).
 
-    On a driver with pipelines (psycopg) and with ``speculate``, the batch takes two round trips,
+    On PostgreSQL (app.mirror.simple_query) and with ``speculate``, the batch takes two round trips,
     BEGIN and COMMIT included: the SELECT of step 1 is sent together with the writes of every event
     of the batch, as if none were stored yet (the usual case); then step 3 together with the COMMIT,
     its INSERT without ON CONFLICT, so that an event stored meanwhile by another receiver fails the
@@ -278,49 +285,94 @@ def _apply_optimistically(
             dead_letters.append(index)
         else:
             first_seen.setdefault(events[index].id, index)
-    pipeline = getattr(driver, "pipeline", None) if speculate else None
-    if pipeline is not None and len(first_seen) > _LOOKUP_CHUNK:
-        pipeline = None
+    if speculate and len(first_seen) <= _LOOKUP_CHUNK and simple_query.usable(driver):
+        with simple_query.transaction(driver) as query:
+            return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters)
 
-    # First which events to apply (the first copy of each new event, or of a stored one that failed,
-    # unless its handler failed), then all their writes at once, then each outcome.
-    if pipeline is not None:
-        to_apply = [
-            index
-            for index in order
-            if events[index].dead_letter is None
-            and first_seen[events[index].id] == index
-            and events[index].error is None
-        ]
-        with pipeline() as sent:
-            found = driver.cursor()
-            if first_seen:
-                found.execute(sql.known, (sql.ids_param(sorted(first_seen)),))
-            cursors = queue_writes_of_events(driver, [events[index].writes for index in to_apply])
-            sent.sync()
-        stored = {row[0]: (row[1], row[2]) for row in found.fetchall()} if first_seen else {}
-        found.close()
-        changes = row_counts(cursors)
-        for index in to_apply:
-            known = stored.get(events[index].id)
-            if known is not None and known[0] != Outcome.FAILED:
-                raise StoredBefore(events[index].id)
-    else:
-        stored = stored_outcomes(driver, sql, sorted(first_seen))
-        to_apply = []
-        for index in order:
-            planned = events[index]
-            known = stored.get(planned.id)
-            if (
-                planned.dead_letter is None
-                and first_seen[planned.id] == index
-                and planned.error is None
-                and (known is None or known[0] == Outcome.FAILED)
-            ):
-                to_apply.append(index)
-        changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
-    changed_by_index = dict(zip(to_apply, changes, strict=True))
+    stored = stored_outcomes(driver, sql, sorted(first_seen))
+    to_apply = [
+        index
+        for index in order
+        if events[index].dead_letter is None
+        and first_seen[events[index].id] == index
+        and events[index].error is None
+        and (stored.get(events[index].id) is None or stored[events[index].id][0] == Outcome.FAILED)
+    ]
+    changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
+    outcomes = _outcomes(events, order, first_seen, stored, dict(zip(to_apply, changes, strict=True)))
+    if outcomes.new_rows:
+        cursor = driver.cursor()
+        cursor.executemany(sql.store, outcomes.new_rows)
+        if cursor.rowcount != len(outcomes.new_rows):
+            raise RedoCarefully("an event of this batch was stored concurrently")
+    if outcomes.reapplied:
+        driver.cursor().executemany(sql.record, outcomes.reapplied)
+    if dead_letters:
+        driver.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
+    followups = [write for index in order for write in events[index].after]
+    if followups:
+        execute_writes(driver, followups)
+    return outcomes.results
 
+
+def _apply_in_two_queries(
+    query: simple_query.SimpleQuery,
+    sql: EventSql,
+    events: Sequence[PlannedEvent],
+    order: Sequence[int],
+    first_seen: dict[str, int],
+    dead_letters: list[int],
+) -> list[IngestResult]:
+    """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: the lookup with every
+    write, as if no event were stored yet (the usual case), then the event rows with the COMMIT."""
+    to_apply = [
+        index
+        for index in order
+        if events[index].dead_letter is None
+        and first_seen[events[index].id] == index
+        and events[index].error is None
+    ]
+    found = query.cursor()
+    if first_seen:
+        found.execute(sql.known, (sql.ids_param(sorted(first_seen)),))
+    queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
+    query.send()
+    stored = {row[0]: (row[1], row[2]) for row in found.fetchall()}
+    changes = row_counts(queued)
+    for index in to_apply:
+        known = stored.get(events[index].id)
+        if known is not None and known[0] != Outcome.FAILED:
+            raise StoredBefore(events[index].id)
+    outcomes = _outcomes(events, order, first_seen, stored, dict(zip(to_apply, changes, strict=True)))
+    # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
+    if outcomes.new_rows:
+        query.command(sql.store_rows(outcomes.new_rows))
+    if outcomes.reapplied:
+        query.cursor().executemany(sql.record, outcomes.reapplied)
+    if dead_letters:
+        query.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
+    followups = [write for index in order for write in events[index].after]
+    if followups:
+        row_counts(queue_writes_of_events(query, [followups]))
+    query.command("COMMIT")
+    query.send()
+    return outcomes.results
+
+
+class _Outcomes(NamedTuple):
+    results: list[IngestResult]  # in the batch's order
+    new_rows: list[tuple[Any, ...]]  # stripe_events rows (EVENT_COLUMNS) of the new events
+    reapplied: list[tuple[Any, ...]]  # sql.record parameters of the stored failed events applied again
+
+
+def _outcomes(
+    events: Sequence[PlannedEvent],
+    order: Sequence[int],
+    first_seen: dict[str, int],
+    stored: dict[str, tuple[str, int]],
+    changed_by_index: dict[int, int],
+) -> _Outcomes:
+    """Each event's outcome from what was stored before and the rows its writes changed."""
     results: list[IngestResult | None] = [None] * len(events)
     outcome_of_id: dict[str, Outcome] = {}
     new_rows: list[tuple[Any, ...]] = []
@@ -350,34 +402,7 @@ def _apply_optimistically(
             new_rows.append((*planned.row, processed, outcome.value, 1, planned.error))
         else:
             reapplied.append((outcome.value, planned.error, processed, known[1] + 1, event_id))
-    followups = [write for index in order for write in events[index].after]
-    if pipeline is not None:
-        # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
-        with pipeline():
-            if new_rows and sql.store_columns is not None:
-                driver.execute(sql.store_columns, [list(column) for column in zip(*new_rows, strict=True)])
-            elif new_rows:
-                driver.cursor().executemany(sql.store_new, new_rows)
-            if reapplied:
-                driver.cursor().executemany(sql.record, reapplied)
-            if dead_letters:
-                driver.cursor().executemany(sql.dead_letter, [events[i].dead_letter for i in dead_letters])
-            if followups:
-                row_counts(queue_writes_of_events(driver, [followups]))
-            driver.commit()
-        return [result for result in results if result is not None]
-    if new_rows:
-        cursor = driver.cursor()
-        cursor.executemany(sql.store, new_rows)
-        if cursor.rowcount != len(new_rows):
-            raise RedoCarefully("an event of this batch was stored concurrently")
-    if reapplied:
-        driver.cursor().executemany(sql.record, reapplied)
-    if dead_letters:
-        driver.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
-    if followups:
-        execute_writes(driver, followups)
-    return [result for result in results if result is not None]
+    return _Outcomes([result for result in results if result is not None], new_rows, reapplied)
 
 
 def apply_carefully(driver: Any, sql: EventSql, planned: PlannedEvent) -> IngestResult:

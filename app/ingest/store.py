@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -24,7 +23,6 @@ from sqlalchemy.orm import Session
 from app.db.engine import mark_connections_suspect, sqlite_path
 from app.db.models import StripeEvent
 from app.ingest.apply import (
-    EVENT_COLUMNS,
     DatabaseUnavailable,
     EventSql,
     IngestResult,
@@ -58,15 +56,7 @@ class Ingests(Protocol):
 
 @lru_cache(maxsize=8)
 def statements_for(dialect: Dialect) -> EventSql:
-    sql = event_sql(dialect.name)
-    if dialect.name != "postgresql":
-        return sql
-    # One INSERT for all the new events of a batch, from one array per column (sent in binary: the
-    # payloads are not escaped), typed as the columns are.
-    table = table_of(StripeEvent)
-    arrays = ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in EVENT_COLUMNS)
-    store_columns = f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest({arrays})"
-    return replace(sql, store_columns=store_columns)
+    return event_sql(dialect.name)
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,310 @@
+"""Statements for PostgreSQL sent as one simple query: a transaction in one or two round trips.
+
+psycopg's pipeline sends each statement with its parameters (extended protocol) and reads each
+answer in turn; for the few statements of one webhook's transaction that cost about 0.6 ms of CPU
+and 1 ms of wall time, where the same statements as one query string cost 0.1 ms and 0.45 ms
+(bench/README.md, issue #15). So here the statements are written out as text: each statement is
+PREPAREd once per connection (PostgreSQL parses and plans it once) and run as ``EXECUTE name(literal,
+...)``, its values quoted here, and all of them go in one query; the answers come back together and
+each statement's row count and rows are read from its own result.
+
+Only the standard library: the writes it runs are plain data (app.mirror.writes); the driver is a
+psycopg connection, used through its public interface.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+# %(name)s, %s, or a literal %% in psycopg's "format" and "pyformat" parameter styles.
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
+# Statements PREPAREd per connection at most; past it (it never is: statements are compiled per shape
+# of row, a few hundred at most) the values are written into the statement itself.
+MAX_PREPARED = 2000
+_PREFIX = "billing_mirror_"
+
+
+class Template:
+    """A statement with placeholders, ready to be PREPAREd and EXECUTEd with quoted values."""
+
+    __slots__ = ("name", "names", "occurrences", "positional", "prepare", "text_parts")
+
+    def __init__(self, sql: str, number: int) -> None:
+        self.name = f"{_PREFIX}{number}"
+        names: list[str] = []  # each parameter once, in $n order (positional: "0", "1", ...)
+        occurrences: list[int] = []  # which parameter each placeholder is, in order
+        text_parts = [""]  # the SQL between placeholders (%% already made %)
+        start = 0
+        positional = 0
+        for match in _PLACEHOLDER.finditer(sql):
+            text_parts[-1] += sql[start : match.start()]
+            start = match.end()
+            if match[0] == "%%":
+                text_parts[-1] += "%"
+                continue
+            if match[1] is None:
+                name = str(positional)
+                positional += 1
+            else:
+                name = match[1]
+            if name not in names:
+                names.append(name)
+            occurrences.append(names.index(name))
+            text_parts.append("")
+        text_parts[-1] += sql[start:]
+        if positional and positional != len(occurrences):
+            raise ValueError("a statement mixes %s and %(name)s placeholders")
+        self.positional = positional > 0
+        self.names = tuple(names)
+        self.occurrences = tuple(occurrences)
+        self.text_parts = tuple(text_parts)
+        numbered = [text_parts[0]]
+        for index, after in zip(occurrences, text_parts[1:], strict=True):
+            numbered.append(f"${index + 1}{after}")
+        self.prepare = f"PREPARE {self.name} AS {''.join(numbered)}"
+
+    def values(self, params: Any) -> list[Any]:
+        if self.positional:
+            if len(params) != len(self.names):
+                raise ValueError(f"{len(self.names)} parameters expected, {len(params)} given")
+            return list(params)
+        return [params[name] for name in self.names]
+
+    def execute(self, params: Any) -> str:
+        if not self.names:
+            return f"EXECUTE {self.name}"
+        return f"EXECUTE {self.name}({', '.join(map(literal, self.values(params)))})"
+
+    def inline(self, params: Any) -> str:
+        """The statement with its values written in (no PREPARE)."""
+        values = [literal(value) for value in self.values(params)]
+        out = [self.text_parts[0]]
+        for index, after in zip(self.occurrences, self.text_parts[1:], strict=True):
+            out.append(values[index])
+            out.append(after)
+        return "".join(out)
+
+
+_templates: dict[str, Template] = {}
+_numbers = itertools.count(1)
+_templates_lock = threading.Lock()
+
+
+def template_of(sql: str) -> Template:
+    found = _templates.get(sql)
+    if found is None:
+        with _templates_lock:
+            found = _templates.get(sql)
+            if found is None:
+                found = _templates[sql] = Template(sql, next(_numbers))
+    return found
+
+
+def literal(value: Any) -> str:
+    """``value`` as a PostgreSQL literal (standard_conforming_strings on: only quotes are doubled).
+    Text, times and arrays are untyped literals: they take the type of the parameter they fill."""
+    kind = value.__class__
+    if kind is str:
+        return "'" + value.replace("'", "''") + "'" if "'" in value else "'" + value + "'"
+    if value is None:
+        return "NULL"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return repr(value) if math.isfinite(value) else f"'{value!r}'"
+    if isinstance(value, datetime | date):
+        return f"'{value.isoformat()}'"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"'\\x{bytes(value).hex()}'"
+    if isinstance(value, list | tuple):
+        return literal("{" + ",".join(map(_array_element, value)) + "}")
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else f"'{value}'"
+    if isinstance(value, int):  # an int subclass (an enum)
+        return str(int(value))
+    if isinstance(value, str):
+        return literal(str(value))
+    if hasattr(value, "obj"):  # psycopg's Json wrapper: as the text it sends (as in upsert's bulk form)
+        # Imported here: PostgreSQL only, never in the SQLite writer child (standard library only).
+        from app.json_text import json_text
+
+        return literal((getattr(value, "dumps", None) or json_text)(value.obj))
+    raise TypeError(f"no PostgreSQL literal for {kind.__name__}")
+
+
+def _array_element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    text = value if value.__class__ is str else str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Result:
+    """What one statement of a sent query gave: rows changed (or returned) and its rows."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self) -> None:
+        self.rowcount = 0
+        self.rows: list[Any] = []
+
+
+class DeferredCursor:
+    """A cursor of a SimpleQuery: its statements are sent with the query; afterwards ``rowcount``
+    adds up theirs (as executemany does) and ``fetchall`` returns their rows."""
+
+    __slots__ = ("_query", "_results")
+
+    def __init__(self, query: SimpleQuery) -> None:
+        self._query = query
+        self._results: list[Result] = []
+
+    def execute(self, sql: str, params: Any = None) -> DeferredCursor:
+        self._results.append(self._query.add(sql, params))
+        return self
+
+    def executemany(self, sql: str, params_seq: Sequence[Any]) -> None:
+        for params in params_seq:
+            self.execute(sql, params)
+
+    @property
+    def rowcount(self) -> int:
+        return sum(result.rowcount for result in self._results)
+
+    def fetchall(self) -> list[Any]:
+        return [row for result in self._results for row in result.rows]
+
+    def close(self) -> None:
+        self._results = []
+
+
+# Per connection: the names of the statements PREPAREd on it.
+_prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def usable(driver: Any) -> bool:
+    """Whether ``driver`` is a psycopg connection on which literals can be written as quoted here."""
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is None:
+        return False
+    return bool(
+        pgconn.parameter_status(b"standard_conforming_strings") == b"on"
+        and pgconn.parameter_status(b"client_encoding") == b"UTF8"
+    )
+
+
+class SimpleQuery:
+    """Statements collected, then sent in one query by ``send``; each ``add`` returns the Result
+    that ``send`` fills in. Used inside ``transaction``, which owns BEGIN, COMMIT and ROLLBACK."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        with _templates_lock:
+            self._known = _prepared.setdefault(driver, set())
+        self._forget_prepared = False
+        self._parts: list[str] = []
+        self._results: list[Result | None] = []  # one per part, None for PREPARE and the like
+        self._preparing: list[str] = []
+
+    def cursor(self) -> DeferredCursor:
+        return DeferredCursor(self)
+
+    def execute(self, sql: str, params: Any = None) -> DeferredCursor:
+        return self.cursor().execute(sql, params)
+
+    def command(self, text: str) -> None:
+        """A statement whose answer nobody reads (BEGIN, COMMIT)."""
+        self._parts.append(text)
+        self._results.append(None)
+
+    def add(self, sql: str, params: Any) -> Result:
+        result = Result()
+        if params is None:
+            self._parts.append(sql)
+        else:
+            template = template_of(sql)
+            if template.name not in self._known and template.name not in self._preparing:
+                if len(self._known) + len(self._preparing) >= MAX_PREPARED:
+                    self._parts.append(template.inline(params))
+                    self._results.append(result)
+                    return result
+                self._preparing.append(template.name)
+                self._parts.append(template.prepare)
+                self._results.append(None)
+            self._parts.append(template.execute(params))
+        self._results.append(result)
+        return result
+
+    def send(self) -> None:
+        """Send what was added as one query and read every statement's answer."""
+        if not self._parts:
+            return
+        text = ";\n".join(self._parts)
+        results, preparing = self._results, self._preparing
+        self._parts, self._results, self._preparing = [], [], []
+        cursor = self.driver.cursor()
+        try:
+            cursor.execute(text)
+        except BaseException:
+            if preparing:  # those that ran before the failing statement stay: ask which
+                self._forget_prepared = True
+            raise
+        self._known.update(preparing)
+        for position, result in enumerate(results):
+            if position and not cursor.nextset():
+                raise RuntimeError("PostgreSQL gave fewer answers than the query had statements")
+            if result is None:
+                continue
+            if cursor.description is not None:
+                result.rows = cursor.fetchall()
+                result.rowcount = len(result.rows)
+            else:
+                result.rowcount = max(cursor.rowcount, 0)
+        cursor.close()
+
+    def recover(self) -> None:
+        """After a failed query: roll back, and learn again which statements are PREPAREd."""
+        cursor = self.driver.cursor()
+        if self._forget_prepared:
+            cursor.execute(
+                "ROLLBACK; SELECT name FROM pg_prepared_statements WHERE name LIKE 'billing\\_mirror\\_%'"
+            )
+            cursor.nextset()
+            self._known.clear()
+            self._known.update(name for (name,) in cursor.fetchall())
+            self._forget_prepared = False
+        else:
+            cursor.execute("ROLLBACK")
+        cursor.close()
+
+
+@contextmanager
+def transaction(driver: Any) -> Iterator[SimpleQuery]:
+    """A transaction of SimpleQuery sends on ``driver`` (a psycopg connection not in a transaction):
+    BEGIN goes with the first statements, the caller ends with ``command("COMMIT")`` in its last
+    send; if anything raises before, the transaction is rolled back here. The connection is in
+    autocommit mode meanwhile, so that psycopg does not send a BEGIN of its own first."""
+    was_autocommit = driver.autocommit
+    driver.autocommit = True
+    query = SimpleQuery(driver)
+    query.command("BEGIN")
+    try:
+        yield query
+    except BaseException:
+        if not driver.closed and not driver.broken:
+            query.recover()
+        raise
+    finally:
+        if not driver.closed:
+            driver.autocommit = was_autocommit
