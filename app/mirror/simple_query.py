@@ -114,7 +114,8 @@ def literal(value: Any) -> str:
     Text, times and arrays are untyped literals: they take the type of the parameter they fill."""
     kind = value.__class__
     if kind is str:
-        return "'" + value.replace("'", "''") + "'" if "'" in value else "'" + value + "'"
+        text: str = value
+        return "'" + text.replace("'", "''") + "'"
     if value is None:
         return "NULL"
     if kind is bool:
