@@ -37,6 +37,8 @@ from app.mirror.writes import (
 RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
 MAX_ERROR_CHARS = 4000
 _LOOKUP_CHUNK = 5000
+# Events in one speculative PostgreSQL query at most: its text stays a few megabytes.
+MAX_SPECULATED_EVENTS = 5000
 
 # stripe_events columns: the first eleven come planned with the event, the others are decided here.
 EVENT_COLUMNS = (
@@ -254,12 +256,11 @@ def apply_optimistically(
        letters (refused deliveries).
 
     On PostgreSQL (app.mirror.simple_query) and with ``speculate``, the batch takes two round trips,
-    BEGIN and COMMIT included: the SELECT of step 1 is sent together with the writes of every event
-    of the batch, as if none were stored yet (the usual case); then step 3 together with the COMMIT,
-    its INSERT without ON CONFLICT, so that an event stored meanwhile by another receiver fails the
-    batch (redone carefully) instead of being committed twice. If the SELECT shows that a written
-    event was stored before, StoredBefore propagates: the caller rolls back and calls again without
-    ``speculate``.
+    BEGIN and COMMIT included, and no SELECT: the writes of every event of the batch, as if none
+    were stored yet (the usual case); then step 3 together with the COMMIT, its INSERT without ON
+    CONFLICT. If an event of the batch was stored before (or meanwhile, by another receiver, whose
+    transaction this INSERT waits for), the INSERT fails on stripe_events' primary key and
+    StoredBefore propagates: the caller rolls back and calls again without ``speculate``.
 
     If a statement raises for anything but the database itself, or if the INSERT stores fewer rows
     than expected (another receiver stored one of these events after step 1), RedoCarefully
@@ -272,7 +273,15 @@ def apply_optimistically(
     except Exception as exc:
         if is_infrastructure_error(exc):
             raise
+        if speculate and _stored_already(exc):
+            raise StoredBefore(describe(exc)) from exc
         raise RedoCarefully(f"a statement of this batch failed: {describe(exc)}") from exc
+
+
+def _stored_already(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a second stripe_events row with the same id."""
+    diag = getattr(exc, "diag", None)
+    return getattr(exc, "sqlstate", None) == "23505" and getattr(diag, "table_name", None) == "stripe_events"
 
 
 def _apply_optimistically(
@@ -285,7 +294,7 @@ def _apply_optimistically(
             dead_letters.append(index)
         else:
             first_seen.setdefault(events[index].id, index)
-    if speculate and len(first_seen) <= _LOOKUP_CHUNK and simple_query.usable(driver):
+    if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and simple_query.usable(driver):
         with simple_query.transaction(driver) as query:
             return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters)
 
@@ -323,8 +332,8 @@ def _apply_in_two_queries(
     first_seen: dict[str, int],
     dead_letters: list[int],
 ) -> list[IngestResult]:
-    """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: the lookup with every
-    write, as if no event were stored yet (the usual case), then the event rows with the COMMIT."""
+    """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: every write, as if no
+    event were stored yet (the usual case), then the event rows with the COMMIT."""
     to_apply = [
         index
         for index in order
@@ -332,18 +341,10 @@ def _apply_in_two_queries(
         and first_seen[events[index].id] == index
         and events[index].error is None
     ]
-    found = query.cursor()
-    if first_seen:
-        found.execute(sql.known, (sql.ids_param(sorted(first_seen)),))
     queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
     query.send()
-    stored = {row[0]: (row[1], row[2]) for row in found.fetchall()}
     changes = row_counts(queued)
-    for index in to_apply:
-        known = stored.get(events[index].id)
-        if known is not None and known[0] != Outcome.FAILED:
-            raise StoredBefore(events[index].id)
-    outcomes = _outcomes(events, order, first_seen, stored, dict(zip(to_apply, changes, strict=True)))
+    outcomes = _outcomes(events, order, first_seen, {}, dict(zip(to_apply, changes, strict=True)))
     # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
     if outcomes.new_rows:
         query.command(sql.store_rows(outcomes.new_rows))

@@ -267,7 +267,7 @@ class SimpleQuery:
         self._parts, self._results, self._preparing = [], [], []
         cursor = self.driver.cursor()
         try:
-            cursor.execute(text)
+            cursor.execute(text, prepare=False)  # never the same text twice: skip psycopg's counting
         except BaseException:
             if preparing:  # those that ran before the failing statement stay: ask which
                 self._forget_prepared = True
