@@ -106,6 +106,11 @@ _numbers = itertools.count(1)
 _templates_lock = threading.Lock()
 
 
+def templates() -> list[Template]:
+    """Every statement made into a Template in this process so far."""
+    return list(_templates.values())
+
+
 def template_of(sql: str) -> Template:
     found = _templates.get(sql)
     if found is None:
@@ -127,10 +132,12 @@ def literal(value: Any) -> str:
         return "NULL"
     if kind is bool:
         return "true" if value else "false"
-    if kind is int:
-        return str(value)
+    if kind is int:  # a negative number in parentheses: -(2**63) followed by a cast would overflow
+        return str(value) if value >= 0 else f"({value})"
     if kind is float:
-        return repr(value) if math.isfinite(value) else f"'{value!r}'"
+        if not math.isfinite(value):
+            return f"'{value!r}'"
+        return repr(value) if value >= 0 else f"({value!r})"
     if isinstance(value, datetime | date):
         return f"'{value.isoformat()}'"
     if isinstance(value, bytes | bytearray | memoryview):
@@ -138,9 +145,9 @@ def literal(value: Any) -> str:
     if isinstance(value, list | tuple):
         return literal("{" + ",".join(map(_array_element, value)) + "}")
     if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else f"'{value}'"
+        return f"({value})" if value.is_finite() else f"'{value}'"
     if isinstance(value, int):  # an int subclass (an enum)
-        return str(int(value))
+        return literal(int(value))
     if isinstance(value, str):
         return literal(str(value))
     if hasattr(value, "obj"):  # psycopg's Json wrapper: as the text it sends (as in upsert's bulk form)

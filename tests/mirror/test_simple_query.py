@@ -1,0 +1,156 @@
+"""PostgreSQL batches go as simple queries (app.mirror.simple_query): values written as literals must
+read back exactly as bound parameters do, only statements with one possible plan are PREPAREd, and
+a failed query leaves the connection knowing which statements it has."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from app.db.engine import make_engine
+from app.ingest.store import EventStore
+from app.mirror import simple_query
+from app.mirror.envelope import parse_event
+from tests.support import T0, encode, load_fixture, make_event
+
+TRICKY_TEXT = [
+    "",
+    "it's",
+    "''",
+    "back\\slash \\' \\\\",
+    "line\nbreak\ttab\r",
+    "Żółć ☃ 請求書 🧾",
+    "%s %(name)s %% $1",
+    '{"a": "b"}',
+    "E'x'",
+]
+
+
+def _driver_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture
+def connection(pg_session_database: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(_driver_url(pg_session_database), autocommit=True) as conn:
+        yield conn
+
+
+VALUES: list[tuple[Any, str]] = [
+    *((text, "text") for text in TRICKY_TEXT),
+    (None, "text"),
+    (0, "bigint"),
+    (-(2**63), "bigint"),
+    (2**63 - 1, "bigint"),
+    (True, "boolean"),
+    (False, "boolean"),
+    (1.5, "double precision"),
+    (-1e300, "double precision"),
+    (-5, "integer"),
+    (Decimal("-0.5"), "numeric"),
+    (float("inf"), "double precision"),
+    (Decimal("12.345"), "numeric"),
+    (datetime(2026, 12, 7, 6, 5, 4, 321000, tzinfo=UTC), "timestamptz"),
+    (b"\x00\xff'\\raw", "bytea"),
+    (["evt_1", "it's", 'quote " and \\', None, "Żółć"], "text[]"),
+    ([], "text[]"),
+    (Jsonb({"k": "it's", "n": None, "list": [1, "\\"]}), "jsonb"),
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("value", "type_name"), VALUES, ids=[f"{t}-{i}" for i, (_, t) in enumerate(VALUES)])
+def test_a_literal_reads_back_as_the_bound_parameter(
+    connection: psycopg.Connection[Any], value: Any, type_name: str
+) -> None:
+    bound = connection.execute(f"SELECT %s::{type_name}", (value,)).fetchone()
+    written = connection.execute(f"SELECT {simple_query.literal(value)}::{type_name}").fetchone()
+    assert written == bound
+
+
+def test_only_statements_with_one_possible_plan_are_prepared() -> None:
+    def preparable(sql: str) -> bool:
+        return simple_query.template_of(sql).preparable
+
+    assert preparable(
+        "INSERT INTO t (a, b) VALUES (%(a)s, %(b)s) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+    )
+    assert preparable("INSERT INTO t (a) SELECT a FROM json_to_recordset(%(rows)s::json) AS bulk(a text)")
+    assert not preparable("SELECT id FROM stripe_events WHERE id = ANY(%s) FOR UPDATE")
+    assert not preparable("DELETE FROM t WHERE parent = %(parent_id)s")
+    assert not preparable("UPDATE t SET a = %s WHERE id = %s")
+    assert not preparable("INSERT INTO t SELECT * FROM u WHERE u.a = %s")
+
+
+def test_a_template_numbers_each_name_once_and_keeps_literal_percent_signs() -> None:
+    sql = "SELECT %(a)s, %(b)s, %(a)s, '100%%' WHERE x LIKE 'a%%'"
+    template = simple_query.template_of(sql)
+    assert template.prepare.endswith("AS SELECT $1, $2, $1, '100%' WHERE x LIKE 'a%'")
+    assert template.inline({"a": 1, "b": "it's"}) == "SELECT 1, 'it''s', 1, '100%' WHERE x LIKE 'a%'"
+    assert template.execute({"b": None, "a": 2}) == f"EXECUTE {template.name}(2, NULL)"
+    positional = simple_query.template_of("UPDATE t SET a = %s WHERE id = %s")
+    assert positional.inline(["x", 3]) == "UPDATE t SET a = 'x' WHERE id = 3"
+    with pytest.raises(ValueError, match="2 parameters expected"):
+        positional.inline(["x"])
+
+
+@pytest.mark.postgres
+def test_a_failed_query_leaves_the_connection_knowing_its_prepared_statements(
+    connection: psycopg.Connection[Any],
+) -> None:
+    connection.execute("CREATE TEMPORARY TABLE simple_query_probe (id text PRIMARY KEY, n bigint)")
+    insert = "INSERT INTO simple_query_probe (id, n) VALUES (%s, %s)"
+
+    def send_a_failing_query() -> None:
+        with simple_query.transaction(connection) as query:
+            query.execute(insert, ["a", 1])  # PREPAREd in this query, before the failing statement
+            query.command("SELECT 1 / 0")
+            query.send()
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        send_a_failing_query()
+    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert connection.autocommit  # as it was before the transaction
+    with simple_query.transaction(connection) as query:
+        counted = query.execute(insert, ["b", 2])  # no second PREPARE: it would fail as a duplicate
+        query.command("COMMIT")
+        query.send()
+    assert counted.rowcount == 1
+    assert connection.execute("SELECT id FROM simple_query_probe").fetchall() == [("b",)]
+
+
+@pytest.mark.postgres
+def test_a_receiver_prepares_only_inserts_and_tells_duplicates(pg_session_database: str) -> None:
+    invoice = load_fixture("billing/invoice.created.json")["data"]["object"]
+    payment = load_fixture("invoice_payment.paid.json")["data"]["object"]
+    events = [
+        parse_event(encode(make_event("invoice.created", invoice, created=T0))),
+        parse_event(encode(make_event("invoice_payment.paid", payment, created=T0 + 1))),
+    ]
+    engine = make_engine(pg_session_database)
+    try:
+        store = EventStore(engine)
+        first = store.ingest(events)
+        again = store.ingest(events[:1])  # the speculative pass meets the stored event and redoes
+        pooled = engine.raw_connection()
+        try:
+            prepared = pooled.driver_connection.execute(  # type: ignore[union-attr]
+                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'billing\\_mirror\\_%'"
+            ).fetchall()
+        finally:
+            pooled.close()
+    finally:
+        engine.dispose()
+    assert [result.duplicate for result in first] == [False, False]  # type: ignore[union-attr]
+    assert [result.duplicate for result in again] == [True]  # type: ignore[union-attr]
+    assert prepared, "the writes were PREPAREd"
+    by_name = {template.name: template for template in simple_query.templates()}
+    for (name,) in prepared:
+        assert by_name[name].preparable, by_name[name].prepare[:200]
+        assert by_name[name].prepare.split(" AS ", 1)[1].startswith("INSERT")
