@@ -37,8 +37,8 @@ from app.webhook.metrics import (
 
 logger = logging.getLogger("billing_mirror")
 
-# Writer threads per process on PostgreSQL: a batch's writes take one round trip (a pipeline), so more
-# threads mostly fight the event loop for the GIL (bench/README.md).
+# Writer threads per process on PostgreSQL: a batch takes two round trips (app.mirror.simple_query), so
+# more threads mostly fight the event loop for the GIL (bench/README.md).
 POSTGRES_WRITERS = 1
 
 

@@ -222,7 +222,7 @@ class RedoCarefully(Exception):
 
 
 class StoredBefore(Exception):
-    """The pipelined pass wrote for an event that turned out to be stored already: redo the batch
+    """The speculative pass wrote for an event that turned out to be stored already: redo the batch
     (rolled back) with the lookup first."""
 
 
@@ -487,7 +487,7 @@ def apply_batch(
         try:
             with transaction() as driver:
                 return apply_optimistically(driver, sql, events, order)
-        except StoredBefore:  # (rolled back) the pipelined pass wrote for a duplicate: look up first
+        except StoredBefore:  # (rolled back) the speculative pass wrote for a duplicate: look up first
             with transaction() as driver:
                 return apply_optimistically(driver, sql, events, order, speculate=False)
     except RedoCarefully:

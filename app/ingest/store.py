@@ -119,7 +119,7 @@ class EventStore:
         driver: Any = pooled.driver_connection
         try:
             yield driver
-            driver.commit()  # nothing left to commit when the apply pipelined its COMMIT
+            driver.commit()  # nothing left to commit when the apply sent its own COMMIT
         except BaseException as exc:
             if _lost(driver, exc):
                 pooled.invalidate()
