@@ -299,14 +299,7 @@ def _apply_optimistically(
             return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters)
 
     stored = stored_outcomes(driver, sql, sorted(first_seen))
-    to_apply = [
-        index
-        for index in order
-        if events[index].dead_letter is None
-        and first_seen[events[index].id] == index
-        and events[index].error is None
-        and (stored.get(events[index].id) is None or stored[events[index].id][0] == Outcome.FAILED)
-    ]
+    to_apply = _to_apply(events, order, first_seen, stored)
     changes = execute_writes_of_events(driver, [events[index].writes for index in to_apply])
     outcomes = _outcomes(events, order, first_seen, stored, dict(zip(to_apply, changes, strict=True)))
     if outcomes.new_rows:
@@ -334,22 +327,14 @@ def _apply_in_two_queries(
 ) -> list[IngestResult]:
     """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: every write, as if no
     event were stored yet (the usual case), then the event rows with the COMMIT."""
-    to_apply = [
-        index
-        for index in order
-        if events[index].dead_letter is None
-        and first_seen[events[index].id] == index
-        and events[index].error is None
-    ]
+    to_apply = _to_apply(events, order, first_seen, {})
     queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
     query.send()
     changes = row_counts(queued)
     outcomes = _outcomes(events, order, first_seen, {}, dict(zip(to_apply, changes, strict=True)))
     # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
-    if outcomes.new_rows:
+    if outcomes.new_rows:  # (nothing is re-applied here: a stored failed event fails the INSERT too)
         query.command(sql.store_rows(outcomes.new_rows))
-    if outcomes.reapplied:
-        query.cursor().executemany(sql.record, outcomes.reapplied)
     if dead_letters:
         query.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
     followups = [write for index in order for write in events[index].after]
@@ -358,6 +343,21 @@ def _apply_in_two_queries(
     query.command("COMMIT")
     query.send()
     return outcomes.results
+
+
+def _to_apply(
+    events: Sequence[PlannedEvent], order: Sequence[int], first_seen: dict[str, int], stored: dict[str, Any]
+) -> list[int]:
+    """The events whose writes run: the first copy of each event not stored yet or stored as failed,
+    unless its handler failed."""
+    return [
+        index
+        for index in order
+        if events[index].dead_letter is None
+        and first_seen[events[index].id] == index
+        and events[index].error is None
+        and (stored.get(events[index].id) is None or stored[events[index].id][0] == Outcome.FAILED)
+    ]
 
 
 class _Outcomes(NamedTuple):
