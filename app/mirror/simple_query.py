@@ -27,6 +27,10 @@ from typing import Any
 
 # %(name)s, %s, or a literal %% in psycopg's "format" and "pyformat" parameter styles.
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
+_PREFIX = "billing_mirror_"
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
+# The name a statement that stores an event with its one write gives that write (app.ingest.apply).
+CHANGED = "billing_mirror_changed"
 # Statements PREPAREd per connection at most; past it (it never is: statements are compiled per shape
 # of row, a few hundred at most) the values are written into the statement itself.
 MAX_PREPARED = 2000
@@ -35,8 +39,7 @@ MAX_PREPARED = 2000
 # DELETE or UPDATE of an invoice's children) gets its values written in and is planned for them: a
 # generic plan made while a table was empty kept scanning it whole as it grew (a receiver's
 # PostgreSQL CPU per event rose from 0.2 to 6 ms over 50,000 events).
-_SCANLESS_SOURCE = re.compile(r"\bFROM\s+(?!json_to_recordset\()", re.IGNORECASE)
-_PREFIX = "billing_mirror_"
+_SCANLESS_SOURCE = re.compile(rf"\bFROM\s+(?!json_to_recordset\(|{CHANGED}\b)", re.IGNORECASE)
 
 
 class Template:
@@ -77,7 +80,8 @@ class Template:
         for index, after in zip(occurrences, text_parts[1:], strict=True):
             numbered.append(f"${index + 1}{after}")
         self.prepare = f"PREPARE {self.name} AS {''.join(numbered)}"
-        self.preparable = sql.lstrip()[:6].upper() == "INSERT" and _SCANLESS_SOURCE.search(sql) is None
+        writes_first = sql.lstrip()[:6].upper() == "INSERT" or sql.startswith(f"WITH {CHANGED} AS (INSERT")
+        self.preparable = writes_first and _SCANLESS_SOURCE.search(sql) is None
 
     def values(self, params: Any) -> list[Any]:
         if self.positional:
@@ -303,21 +307,23 @@ class SimpleQuery:
             self._known.clear()
             self._known.update(name for (name,) in cursor.fetchall())
             self._forget_prepared = False
-        else:
+        elif self.driver.pgconn.transaction_status != _IDLE:
             cursor.execute("ROLLBACK")
         cursor.close()
 
 
 @contextmanager
-def transaction(driver: Any) -> Iterator[SimpleQuery]:
+def transaction(driver: Any, *, begin: bool = True) -> Iterator[SimpleQuery]:
     """A transaction of SimpleQuery sends on ``driver`` (a psycopg connection not in a transaction):
     BEGIN goes with the first statements, the caller ends with ``command("COMMIT")`` in its last
     send; if anything raises before, the transaction is rolled back here. The connection is in
-    autocommit mode meanwhile, so that psycopg does not send a BEGIN of its own first."""
+    autocommit mode meanwhile, so that psycopg does not send a BEGIN of its own first. Without
+    ``begin``, the one statement sent is its own transaction (PostgreSQL's implicit one)."""
     was_autocommit = driver.autocommit
     driver.autocommit = True
     query = SimpleQuery(driver)
-    query.command("BEGIN")
+    if begin:
+        query.command("BEGIN")
     try:
         yield query
     except BaseException:

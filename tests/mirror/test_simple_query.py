@@ -17,7 +17,7 @@ from app.db.engine import make_engine
 from app.ingest.store import EventStore
 from app.mirror import simple_query
 from app.mirror.envelope import parse_event
-from tests.support import T0, encode, load_fixture, make_event
+from tests.support import T0, encode, load_fixture, make_event, reset
 
 TRICKY_TEXT = [
     "",
@@ -135,6 +135,7 @@ def test_a_receiver_prepares_only_inserts_and_tells_duplicates(pg_session_databa
     ]
     engine = make_engine(pg_session_database)
     try:
+        reset(engine)
         store = EventStore(engine)
         first = store.ingest(events)
         again = store.ingest(events[:1])  # the speculative pass meets the stored event and redoes
@@ -154,3 +155,43 @@ def test_a_receiver_prepares_only_inserts_and_tells_duplicates(pg_session_databa
     for (name,) in prepared:
         assert by_name[name].preparable, by_name[name].prepare[:200]
         assert by_name[name].prepare.split(" AS ", 1)[1].startswith("INSERT")
+
+
+@pytest.mark.postgres
+def test_an_event_with_one_upsert_is_stored_with_it_in_one_statement(
+    pg_session_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round trip, no BEGIN or COMMIT, and the same outcomes as the two-query path: applied,
+    stale for an older snapshot, a duplicate for the same event again."""
+    payment = load_fixture("invoice_payment.paid.json")["data"]["object"]
+    newer = parse_event(encode(make_event("invoice_payment.paid", payment, created=T0 + 10)))
+    older = parse_event(encode(make_event("invoice_payment.paid", payment, created=T0)))
+    sent: list[list[str]] = []
+    send = simple_query.SimpleQuery.send
+
+    def counting_send(query: simple_query.SimpleQuery) -> None:
+        sent.append(list(query._parts))
+        send(query)
+
+    monkeypatch.setattr(simple_query.SimpleQuery, "send", counting_send)
+    engine = make_engine(pg_session_database)
+    try:
+        reset(engine)
+        store = EventStore(engine)
+        applied, stale, again = (store.ingest([event])[0] for event in (newer, older, newer))
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT id, outcome, attempts, error, processed_at = received_at"
+                " FROM stripe_events ORDER BY created"
+            ).all()
+            version = connection.exec_driver_sql(
+                "SELECT last_event_id FROM invoice_payments WHERE id = %s", (payment["id"],)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert (applied.outcome, stale.outcome, again.duplicate) == ("applied", "stale", True)  # type: ignore[union-attr]
+    assert rows == [(older.id, "stale", 1, None, True), (newer.id, "applied", 1, None, True)]
+    assert version == newer.id
+    first, second = sent[0], sent[1]
+    assert len(first) in (1, 2) and first[-1].startswith("EXECUTE")  # (PREPARE first, once)
+    assert not any(part in ("BEGIN", "COMMIT") for part in first + second)
