@@ -253,21 +253,20 @@ class SimpleQuery:
             self._parts.append(sql)
         else:
             template = template_of(sql)
-            if not template.preparable:
-                self._parts.append(template.inline(params))
-                self._results.append(result)
-                return result
-            if template.name not in self._known and template.name not in self._preparing:
-                if len(self._known) + len(self._preparing) >= MAX_PREPARED:
-                    self._parts.append(template.inline(params))
-                    self._results.append(result)
-                    return result
-                self._preparing.append(template.name)
-                self._parts.append(template.prepare)
-                self._results.append(None)
-            self._parts.append(template.execute(params))
+            prepared = self._prepared(template)
+            self._parts.append(template.execute(params) if prepared else template.inline(params))
         self._results.append(result)
         return result
+
+    def _prepared(self, template: Template) -> bool:
+        """Whether ``template`` is (or is now being) PREPAREd on this connection."""
+        if template.name in self._known or template.name in self._preparing:
+            return True
+        if not template.preparable or len(self._known) + len(self._preparing) >= MAX_PREPARED:
+            return False
+        self._preparing.append(template.name)
+        self.command(template.prepare)
+        return True
 
     def send(self) -> None:
         """Send what was added as one query and read every statement's answer."""
