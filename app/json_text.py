@@ -20,6 +20,17 @@ def json_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def driver_json_text(value: Any) -> str:
+    """The JSON text a driver's JSON wrapper (psycopg's ``Json``: ``obj`` and an optional ``dumps``)
+    sends for its value, for statements that carry it as text instead (a bulk upsert's rows, a
+    literal in a simple query)."""
+    if hasattr(value, "obj"):
+        dumps = getattr(value, "dumps", None) or json_text
+        text: str = dumps(value.obj)
+        return text
+    raise TypeError(f"{type(value).__name__} has no JSON form")
+
+
 def json_value(text: str | bytes) -> Any:
     """The value of JSON text: orjson first (it runs for every delivery and every fetched page); the
     standard parser for what orjson refuses (integers past 64 bits), so that it decides what is and

@@ -338,19 +338,23 @@ def _stored_with_its_write(events: Sequence[PlannedEvent]) -> tuple[str, dict[st
     if len(planned.writes) != 1:
         return None
     write_sql, params, many = planned.writes[0]
-    if many or not isinstance(params, dict) or not simple_query.template_of(write_sql).preparable:
+    if many or not isinstance(params, dict) or " RETURNING " in write_sql:
         return None
-    if not write_sql.startswith("INSERT") or " RETURNING " in write_sql:
+    if not simple_query.template_of(write_sql).preparable:  # (an INSERT that reads no table)
         return None
     named = dict(params)
     for position, value in enumerate(planned.row):
-        named[f"{simple_query.CHANGED}_{position}"] = value
+        named[f"{_CHANGED}_{position}"] = value
     return _store_with_write_sql(write_sql), named
+
+
+# What the one statement of _stored_with_its_write calls its write (and its event row's parameters).
+_CHANGED = "billing_mirror_changed"
 
 
 @lru_cache(maxsize=256)
 def _store_with_write_sql(write_sql: str) -> str:
-    changed = simple_query.CHANGED
+    changed = _CHANGED
     planned = ", ".join(f"%({changed}_{position})s" for position in range(SOURCE + 1))
     return (
         f"WITH {changed} AS ({write_sql} RETURNING 1)"

@@ -8,14 +8,13 @@ session (SQLite) or on a pooled psycopg connection without a session (PostgreSQL
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 from sqlalchemy import Dialect, Engine
@@ -167,7 +166,7 @@ class EventStore:
             return
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-mirror-writer")
         try:
-            write = functools.partial(apply_with_recovery, self._transaction, sql, keep_order=True)
+            write = partial(apply_with_recovery, self._transaction, sql, keep_order=True)
             sent = ((writer.submit(write, planned), len(planned)) for planned in batches)
             yield from answers_in_order(sent, in_flight_events, lambda future, _count: future.result())
         finally:  # a caller that stops early (or an error) leaves the batches not yet started unwritten

@@ -29,8 +29,6 @@ from typing import Any
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 _PREFIX = "billing_mirror_"
 _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
-# The name a statement that stores an event with its one write gives that write (app.ingest.apply).
-CHANGED = "billing_mirror_changed"
 # Statements PREPAREd per connection at most; past it (it never is: statements are compiled per shape
 # of row, a few hundred at most) the values are written into the statement itself.
 MAX_PREPARED = 2000
@@ -38,8 +36,10 @@ MAX_PREPARED = 2000
 # (upserts go through their conflict index). A statement that scans (the lookup of stored events, a
 # DELETE or UPDATE of an invoice's children) gets its values written in and is planned for them: a
 # generic plan made while a table was empty kept scanning it whole as it grew (a receiver's
-# PostgreSQL CPU per event rose from 0.2 to 6 ms over 50,000 events).
-_SCANLESS_SOURCE = re.compile(rf"\bFROM\s+(?!json_to_recordset\(|{CHANGED}\b)", re.IGNORECASE)
+# PostgreSQL CPU per event rose from 0.2 to 6 ms over 50,000 events). An INSERT may come as the
+# statement's own WITH queries ("WITH name AS (INSERT ...) ..."), which it may read FROM.
+_INSERT_FIRST = re.compile(r"\s*(?:WITH\s+(\w+)\s+AS\s*\(\s*)?INSERT\b", re.IGNORECASE)
+_SOURCE = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 
 
 class Template:
@@ -80,8 +80,7 @@ class Template:
         for index, after in zip(occurrences, text_parts[1:], strict=True):
             numbered.append(f"${index + 1}{after}")
         self.prepare = f"PREPARE {self.name} AS {''.join(numbered)}"
-        writes_first = sql.lstrip()[:6].upper() == "INSERT" or sql.startswith(f"WITH {CHANGED} AS (INSERT")
-        self.preparable = writes_first and _SCANLESS_SOURCE.search(sql) is None
+        self.preparable = _has_one_plan(sql)
 
     def values(self, params: Any) -> list[Any]:
         if self.positional:
@@ -103,6 +102,15 @@ class Template:
             out.append(values[index])
             out.append(after)
         return "".join(out)
+
+
+def _has_one_plan(sql: str) -> bool:
+    """An INSERT that reads no table: only a JSON document's rows or its own WITH query."""
+    insert = _INSERT_FIRST.match(sql)
+    if insert is None:
+        return False
+    own = {"json_to_recordset", *(name for name in insert.groups() if name)}
+    return all(source in own for source in _SOURCE.findall(sql))
 
 
 _templates: dict[str, Template] = {}
@@ -156,9 +164,9 @@ def literal(value: Any) -> str:
         return literal(str(value))
     if hasattr(value, "obj"):  # psycopg's Json wrapper: as the text it sends (as in upsert's bulk form)
         # Imported here: PostgreSQL only, never in the SQLite writer child (standard library only).
-        from app.json_text import json_text
+        from app.json_text import driver_json_text
 
-        return literal((getattr(value, "dumps", None) or json_text)(value.obj))
+        return literal(driver_json_text(value))
     raise TypeError(f"no PostgreSQL literal for {kind.__name__}")
 
 

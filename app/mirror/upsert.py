@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
 from app.db.models import VERSION_NAMES
-from app.json_text import json_text
+from app.json_text import driver_json_text
 from app.mirror.driver_sql import PreparedStatement
 from app.mirror.writes import BULK_FORMS, FOOTPRINTS, BulkForm, Writes
 
@@ -183,15 +183,8 @@ def _bulk_form(sql: str, table: Table, dialect: Dialect, key: tuple[str, ...]) -
     return BulkForm(bulk, key, _rows_document)
 
 
-def _driver_json(value: Any) -> Any:
-    """A value the driver would have dumped itself: psycopg's JSON wrapper, as the text it sends."""
-    if hasattr(value, "obj"):
-        return (getattr(value, "dumps", None) or json_text)(value.obj)
-    raise TypeError(f"{type(value).__name__} has no JSON form")
-
-
 def _rows_document(rows: Sequence[Any]) -> dict[str, str]:
-    return {"rows": orjson.dumps(rows, default=_driver_json).decode()}
+    return {"rows": orjson.dumps(rows, default=driver_json_text).decode()}
 
 
 @lru_cache(maxsize=256)

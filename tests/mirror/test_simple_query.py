@@ -86,6 +86,10 @@ def test_only_statements_with_one_possible_plan_are_prepared() -> None:
     assert not preparable("DELETE FROM t WHERE parent = %(parent_id)s")
     assert not preparable("UPDATE t SET a = %s WHERE id = %s")
     assert not preparable("INSERT INTO t SELECT * FROM u WHERE u.a = %s")
+    own = "WITH done AS (INSERT INTO t (a) VALUES (%(a)s) RETURNING 1)"
+    assert preparable(f"{own} INSERT INTO e (n) VALUES (CASE WHEN EXISTS (SELECT FROM done) THEN 1 END)")
+    assert not preparable(f"{own} INSERT INTO e (n) SELECT n FROM u")
+    assert not preparable("WITH done AS (SELECT a FROM t) INSERT INTO e (n) SELECT a FROM done")
 
 
 def test_a_template_numbers_each_name_once_and_keeps_literal_percent_signs() -> None:
