@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import select
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -25,19 +26,28 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from app.mirror.writes import KEYED_STATEMENTS
+
 # %(name)s, %s, or a literal %% in psycopg's "format" and "pyformat" parameter styles.
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 _PREFIX = "billing_mirror_"
 _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
+_TUPLES_OK = 2  # libpq's PGRES_TUPLES_OK: a statement that returned rows
+_FATAL_ERROR = 7  # libpq's PGRES_FATAL_ERROR: the statement failed (and the rest did not run)
 # Statements PREPAREd per connection at most; past it (it never is: statements are compiled per shape
 # of row, a few hundred at most) the values are written into the statement itself.
 MAX_PREPARED = 2000
+# Sent once in a transaction before its first keyed statement: every plan made for one in it, the
+# generic plan kept for the connection included, reads through the index (SET LOCAL ends with it).
+KEEP_TO_INDEXES = "SET LOCAL enable_seqscan = off"
 # Only statements with one possible plan are PREPAREd: inserts of values or of a JSON document's rows
 # (upserts go through their conflict index). A statement that scans (the lookup of stored events, a
 # DELETE or UPDATE of an invoice's children) gets its values written in and is planned for them: a
 # generic plan made while a table was empty kept scanning it whole as it grew (a receiver's
 # PostgreSQL CPU per event rose from 0.2 to 6 ms over 50,000 events). An INSERT may come as the
-# statement's own WITH queries ("WITH name AS (INSERT ...) ..."), which it may read FROM.
+# statement's own WITH queries ("WITH name AS (INSERT ...) ..."), which it may read FROM. The one
+# exception: statements registered in KEYED_STATEMENTS (each finds its rows through an index on a
+# parameter), PREPAREd too, in transactions that plan with sequential scans off (KEEP_TO_INDEXES).
 _INSERT_FIRST = re.compile(r"\s*(?:WITH\s+(\w+)\s+AS\s*\(\s*)?INSERT\b", re.IGNORECASE)
 _SOURCE = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 
@@ -45,7 +55,7 @@ _SOURCE = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 class Template:
     """A statement with placeholders, ready to be PREPAREd and EXECUTEd with quoted values."""
 
-    __slots__ = ("name", "names", "occurrences", "positional", "preparable", "prepare", "text_parts")
+    __slots__ = ("keyed", "name", "names", "occurrences", "positional", "preparable", "prepare", "text_parts")
 
     def __init__(self, sql: str, number: int) -> None:
         self.name = f"{_PREFIX}{number}"
@@ -80,7 +90,8 @@ class Template:
         for index, after in zip(occurrences, text_parts[1:], strict=True):
             numbered.append(f"${index + 1}{after}")
         self.prepare = f"PREPARE {self.name} AS {''.join(numbered)}"
-        self.preparable = _has_one_plan(sql)
+        self.keyed = sql in KEYED_STATEMENTS
+        self.preparable = self.keyed or _has_one_plan(sql)
 
     def values(self, params: Any) -> list[Any]:
         if self.positional:
@@ -231,12 +242,53 @@ def usable(driver: Any) -> bool:
     )
 
 
+def run_query(driver: Any, text: str) -> list[Any]:
+    """Send ``text`` as one simple query on ``driver`` (a psycopg connection) and return every
+    statement's result (psycopg.pq.PGresult), raising psycopg's error for a failed statement.
+
+    Through psycopg's libpq interface (psycopg.pq) instead of a cursor: a cursor's execute, nextset
+    and fetchall cost 110-140 µs of CPU for a transaction of eight statements, this 50 (bench/README.md,
+    fourth session); nothing here needs what a cursor adds (parameters, row factories, scrolling)."""
+    pgconn = driver.pgconn
+    pgconn.send_query(text.encode())
+    socket = pgconn.socket
+    while pgconn.flush():  # a non-blocking connection sends a long query in several writes
+        select.select([socket], [socket], [])
+        pgconn.consume_input()
+    answers: list[Any] = []
+    failed = None
+    while True:
+        while pgconn.is_busy():
+            select.select([socket], [], [])
+            pgconn.consume_input()
+        answer = pgconn.get_result()
+        if answer is None:
+            break
+        if answer.status == _FATAL_ERROR and failed is None:
+            failed = answer
+        answers.append(answer)
+    if failed is not None:
+        from psycopg import errors  # PostgreSQL only: the SQLite writer child never sends a query
+
+        raise errors.error_from_result(failed, encoding=driver.info.encoding)
+    return answers
+
+
+def _row_loader(driver: Any) -> Any:
+    """What turns a result's rows (text) into Python values, as the connection's cursors do."""
+    from psycopg.adapt import Transformer
+
+    return Transformer(driver)
+
+
 class SimpleQuery:
     """Statements collected, then sent in one query by ``send``; each ``add`` returns the Result
     that ``send`` fills in. Used inside ``transaction``, which owns BEGIN, COMMIT and ROLLBACK."""
 
-    def __init__(self, driver: Any) -> None:
+    def __init__(self, driver: Any, *, in_block: bool = True) -> None:
         self.driver = driver
+        self.in_block = in_block  # inside BEGIN ... COMMIT (SET LOCAL holds to the end of it)
+        self._kept_to_indexes = False
         with _templates_lock:
             self._known = _prepared.setdefault(driver, set())
         self._forget_prepared = False
@@ -268,6 +320,12 @@ class SimpleQuery:
 
     def _prepared(self, template: Template) -> bool:
         """Whether ``template`` is (or is now being) PREPAREd on this connection."""
+        if template.keyed:
+            if not self.in_block:
+                return False
+            if not self._kept_to_indexes:
+                self.command(KEEP_TO_INDEXES)
+                self._kept_to_indexes = True
         if template.name in self._known or template.name in self._preparing:
             return True
         if not template.preparable or len(self._known) + len(self._preparing) >= MAX_PREPARED:
@@ -283,25 +341,27 @@ class SimpleQuery:
         text = ";\n".join(self._parts)
         results, preparing = self._results, self._preparing
         self._parts, self._results, self._preparing = [], [], []
-        cursor = self.driver.cursor()
         try:
-            cursor.execute(text, prepare=False)  # never the same text twice: skip psycopg's counting
+            answers = run_query(self.driver, text)
         except BaseException:
             if preparing:  # those that ran before the failing statement stay: ask which
                 self._forget_prepared = True
             raise
         self._known.update(preparing)
-        for position, result in enumerate(results):
-            if position and not cursor.nextset():
-                raise RuntimeError("PostgreSQL gave fewer answers than the query had statements")
+        if len(answers) != len(results):
+            raise RuntimeError("PostgreSQL gave fewer answers than the query had statements")
+        loader = None
+        for answer, result in zip(answers, results, strict=True):
             if result is None:
                 continue
-            if cursor.description is not None:
-                result.rows = cursor.fetchall()
+            if answer.status == _TUPLES_OK:
+                if loader is None:
+                    loader = _row_loader(self.driver)
+                loader.set_pgresult(answer)
+                result.rows = loader.load_rows(0, answer.ntuples, tuple)
                 result.rowcount = len(result.rows)
             else:
-                result.rowcount = max(cursor.rowcount, 0)
-        cursor.close()
+                result.rowcount = answer.command_tuples or 0
 
     def recover(self) -> None:
         """After a failed query: roll back, and learn again which statements are PREPAREd."""
@@ -328,7 +388,7 @@ def transaction(driver: Any, *, begin: bool = True) -> Iterator[SimpleQuery]:
     ``begin``, the one statement sent is its own transaction (PostgreSQL's implicit one)."""
     was_autocommit = driver.autocommit
     driver.autocommit = True
-    query = SimpleQuery(driver)
+    query = SimpleQuery(driver, in_block=begin)
     if begin:
         query.command("BEGIN")
     try:

@@ -23,7 +23,7 @@ from sqlmodel import SQLModel
 from app.db.models import VERSION_NAMES
 from app.json_text import driver_json_text
 from app.mirror.driver_sql import PreparedStatement
-from app.mirror.writes import BULK_FORMS, FOOTPRINTS, BulkForm, Writes
+from app.mirror.writes import BULK_FORMS, FOOTPRINTS, KEYED_STATEMENTS, BulkForm, Writes
 
 VERSION_COLUMNS = VERSION_NAMES
 TOMBSTONE_COLUMNS = ("deleted", "deleted_by_event_id", "deleted_by_event_created")
@@ -270,6 +270,7 @@ def _superseded_statement(
     statement = delete(child).where(child.c[child_parent_column] == bindparam("parent_id"), superseded)
     prepared = PreparedStatement(statement, dialect, data=("parent_id",), values_clause=False)
     FOOTPRINTS[prepared.sql] = footprint_of_parent(marker.name, "parent_id")
+    KEYED_STATEMENTS.add(prepared.sql)  # the children by their parent's index, the marker by its key
     return prepared
 
 

@@ -57,6 +57,11 @@ BULK_FORMS: dict[str, BulkForm] = {}
 # written in any order with the same effect and the same row counts, so their writes can be merged.
 FOOTPRINTS: dict[str, Callable[[Any], Iterable[Hashable]]] = {}
 
+# SQL that reads and changes only rows an index finds by a parameter (the lines of one invoice),
+# registered where the SQL is made: on PostgreSQL it is PREPAREd like an insert, and planned with
+# sequential scans off (app.mirror.simple_query), since planning it on every run cost more than running it.
+KEYED_STATEMENTS: set[str] = set()
+
 
 def _run(cursor: Any, sql: str, params: Any, many: bool) -> None:
     if many:

@@ -1,6 +1,7 @@
 """PostgreSQL batches go as simple queries (app.mirror.simple_query): values written as literals must
 read back exactly as bound parameters do, only statements with one possible plan are PREPAREd, and
-a failed query leaves the connection knowing which statements it has."""
+a failed query leaves the connection knowing which statements it has; the keyed statements (an
+invoice's lines) are PREPAREd too and keep to their indexes."""
 
 from __future__ import annotations
 
@@ -158,7 +159,66 @@ def test_a_receiver_prepares_only_inserts_and_tells_duplicates(pg_session_databa
     by_name = {template.name: template for template in simple_query.templates()}
     for (name,) in prepared:
         assert by_name[name].preparable, by_name[name].prepare[:200]
-        assert by_name[name].prepare.split(" AS ", 1)[1].startswith("INSERT")
+        statement = by_name[name].prepare.split(" AS ", 1)[1]
+        assert statement.startswith("INSERT") or by_name[name].keyed, statement[:200]
+    assert any(by_name[name].keyed for (name,) in prepared), "the lines' DELETE and UPDATE"
+
+
+def _same_value_for_each(template: simple_query.Template, value: str) -> Any:
+    return [value] * len(template.names) if template.positional else dict.fromkeys(template.names, value)
+
+
+def _invoice_events(count: int) -> list[Any]:
+    """``count`` invoice.paid events of distinct invoices, each with lines of its own."""
+    events = []
+    for number in range(count):
+        invoice = load_fixture("billing/invoice.created.json")["data"]["object"]
+        invoice["id"] = f"in_keyed_{number}"
+        for line in invoice["lines"]["data"]:
+            line["id"] = f"{line['id']}_{number}"
+        events.append(parse_event(encode(make_event("invoice.paid", invoice, created=T0 + number))))
+    return events
+
+
+@pytest.mark.postgres
+def test_keyed_statements_keep_to_their_indexes_when_planned_on_empty_tables(
+    pg_session_database: str,
+) -> None:
+    """The lines of an invoice are deleted and its items taken off through the invoice's index, by
+    statements PREPAREd once per connection. PostgreSQL plans a PREPAREd statement for its values 5
+    times, then keeps a generic plan; made while the tables were analyzed empty that plan would
+    scan them whole, every event, however large they grow. Planned with sequential scans off, it
+    reads the index."""
+    engine = make_engine(pg_session_database)
+    try:
+        reset(engine)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE invoice_line_items, invoice_item_invoices, invoice_line_sets")
+        store = EventStore(engine)
+        for event in _invoice_events(8):  # one at a time: 8 transactions, 8 runs of each statement
+            assert store.ingest([event])[0].outcome == "applied"  # type: ignore[union-attr]
+        pooled = engine.raw_connection()  # the connection every batch used (one at a time)
+        try:
+            driver: Any = pooled.driver_connection
+            prepared = {name for (name,) in driver.execute("SELECT name FROM pg_prepared_statements")}
+            keyed = [t for t in simple_query.templates() if t.keyed and t.name in prepared]
+            plans = {
+                template.prepare.split(" AS ", 1)[1][:60]: "\n".join(
+                    line
+                    for (line,) in driver.execute(
+                        f"EXPLAIN {template.execute(_same_value_for_each(template, 'in_keyed_0'))}"
+                    )
+                )
+                for template in keyed
+            }
+        finally:
+            pooled.close()
+    finally:
+        engine.dispose()
+    assert len(plans) == 2, plans  # the DELETE of superseded lines and the UPDATE of items taken off
+    for statement, plan in plans.items():
+        assert "Seq Scan" not in plan, f"{statement}\n{plan}"
+        assert "Index" in plan, f"{statement}\n{plan}"
 
 
 @pytest.mark.postgres

@@ -24,7 +24,7 @@ from app.mirror.upsert import (
     guarded_upsert_many,
     table_of,
 )
-from app.mirror.writes import FOOTPRINTS, Writes
+from app.mirror.writes import FOOTPRINTS, KEYED_STATEMENTS, Writes
 
 
 def line_parent_details(line: StripeObject) -> dict[str, Any]:
@@ -176,20 +176,28 @@ def take_off_superseded(writes: Writes, invoice_id: str, item_id: str | None = N
         f" AND ({link_version}) < ({list_version})"
     )
     if item_id is None:
-        _add_about_lines(writes, sql, (invoice_id,))
+        _add_about_lines(writes, sql, (invoice_id,), keyed=True)
     else:
         _add_about_lines(
-            writes, f"{sql} AND invoice_item_invoices.invoice_item = {mark}", (invoice_id, item_id)
+            writes,
+            f"{sql} AND invoice_item_invoices.invoice_item = {mark}",
+            (invoice_id, item_id),
+            keyed=True,
         )
 
 
 _ABOUT_LINES = footprint_of_parent(table_of(InvoiceLineSet).name)
 
 
-def _add_about_lines(writes: Writes, sql: str, params: tuple[Any, ...], *, invoice_row: bool = False) -> None:
+def _add_about_lines(
+    writes: Writes, sql: str, params: tuple[Any, ...], *, invoice_row: bool = False, keyed: bool = False
+) -> None:
     """Plan a statement about the lines (and line items) of the invoice its first parameter names;
-    its footprint is that invoice's line set (and, with ``invoice_row``, the invoice's row too)."""
+    its footprint is that invoice's line set (and, with ``invoice_row``, the invoice's row too);
+    ``keyed``: it finds its rows through the invoice's index (KEYED_STATEMENTS)."""
     if sql not in FOOTPRINTS:
+        if keyed:
+            KEYED_STATEMENTS.add(sql)
         if invoice_row:
             invoice_table = table_of(Invoice).name
             FOOTPRINTS[sql] = lambda row: (*_ABOUT_LINES(row), (invoice_table, row[0]))
