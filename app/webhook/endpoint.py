@@ -200,7 +200,8 @@ async def answer(
     ``refusal_code`` is the error code of a refusal (why the body is no storable event)."""
     started = time.perf_counter()
     try:
-        result = await asyncio.wait_for(storing, timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: no task of its own for every delivery
+            result = await storing
     except (DatabaseUnavailable, TimeoutError) as exc:
         metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
         if metrics is not None:
