@@ -9,7 +9,8 @@ PREPAREd once per connection (PostgreSQL parses and plans it once) and run as ``
 each statement's row count and rows are read from its own result.
 
 Only the standard library: the writes it runs are plain data (app.mirror.writes); the driver is a
-psycopg connection, used through its public interface.
+psycopg connection, given a query through its libpq interface (psycopg.pq), its errors and rows
+turned into Python by psycopg's own error classes and loaders.
 """
 
 from __future__ import annotations
@@ -251,15 +252,17 @@ def run_query(driver: Any, text: str) -> list[Any]:
     fourth session); nothing here needs what a cursor adds (parameters, row factories, scrolling)."""
     pgconn = driver.pgconn
     pgconn.send_query(text.encode())
-    socket = pgconn.socket
+    waiting = select.poll()  # not select.select: a busy server's descriptors pass FD_SETSIZE
+    waiting.register(pgconn.socket, select.POLLIN | select.POLLOUT)
     while pgconn.flush():  # a non-blocking connection sends a long query in several writes
-        select.select([socket], [socket], [])
+        waiting.poll()
         pgconn.consume_input()
+    waiting.modify(pgconn.socket, select.POLLIN)
     answers: list[Any] = []
     failed = None
     while True:
         while pgconn.is_busy():
-            select.select([socket], [], [])
+            waiting.poll()
             pgconn.consume_input()
         answer = pgconn.get_result()
         if answer is None:

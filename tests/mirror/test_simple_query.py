@@ -5,6 +5,7 @@ invoice's lines) are PREPAREd too and keep to their indexes."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -259,3 +260,15 @@ def test_an_event_with_one_upsert_is_stored_with_it_in_one_statement(
     first, second = sent[0], sent[1]
     assert len(first) in (1, 2) and first[-1].startswith("EXECUTE")  # (PREPARE first, once)
     assert not any(part in ("BEGIN", "COMMIT") for part in first + second)
+
+
+@pytest.mark.postgres
+def test_a_query_longer_than_the_sockets_buffers_is_sent_whole(
+    connection: psycopg.Connection[Any],
+) -> None:
+    """A batch's query can hold megabytes of payloads: the non-blocking connection sends it in parts."""
+    text = "Żółć 🧾 " * 800_000  # about 12 MB of UTF-8
+    with simple_query.transaction(connection, begin=False) as query:
+        answer = query.execute("SELECT length(%s), md5(%s)", [text, text])
+        query.send()
+    assert answer.fetchall() == [(len(text), hashlib.md5(text.encode()).hexdigest())]
