@@ -635,10 +635,18 @@ def page_cpu_seconds(count: int, pages: int = 300) -> float:
     return asyncio.run(run())
 
 
-def test_a_100_object_page_costs_well_under_a_millisecond_of_server_cpu() -> None:
-    assert page_cpu_seconds(100_000) < 0.0005
+# A page's cost must not grow with the number of objects (the cursor is found by bisection, the page
+# sliced): measured against a small store in the same run, so that a slower machine changes nothing.
+# (Its absolute cost, about 0.1 ms of CPU a page here, is the sync benchmark's: bench/README.md.)
+NOT_GROWING = 3.0
+
+
+def test_a_100_object_page_costs_as_much_of_100_000_objects_as_of_1_000() -> None:
+    small, large = page_cpu_seconds(1_000), page_cpu_seconds(100_000)
+    assert large < NOT_GROWING * small, (small, large)
 
 
 @pytest.mark.slow
-def test_a_100_object_page_of_a_million_objects_costs_well_under_a_millisecond() -> None:
-    assert page_cpu_seconds(1_000_000) < 0.0005
+def test_a_100_object_page_costs_as_much_of_a_million_objects_as_of_10_000() -> None:
+    small, large = page_cpu_seconds(10_000), page_cpu_seconds(1_000_000)
+    assert large < NOT_GROWING * small, (small, large)
