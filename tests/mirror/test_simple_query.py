@@ -132,7 +132,9 @@ def test_a_failed_query_leaves_the_connection_knowing_its_prepared_statements(
 
 
 @pytest.mark.postgres
-def test_a_receiver_prepares_only_inserts_and_tells_duplicates(pg_session_database: str) -> None:
+def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplicates(
+    pg_session_database: str,
+) -> None:
     invoice = load_fixture("billing/invoice.created.json")["data"]["object"]
     payment = load_fixture("invoice_payment.paid.json")["data"]["object"]
     events = [
