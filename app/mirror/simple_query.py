@@ -35,6 +35,7 @@ _PREFIX = "billing_mirror_"
 _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 _TUPLES_OK = 2  # libpq's PGRES_TUPLES_OK: a statement that returned rows
 _FATAL_ERROR = 7  # libpq's PGRES_FATAL_ERROR: the statement failed (and the rest did not run)
+_PIPELINE_SYNC = 10  # libpq's PGRES_PIPELINE_SYNC: the end of a pipeline's answers
 # Statements PREPAREd per connection at most; past it (it never is: statements are compiled per shape
 # of row, a few hundred at most) the values are written into the statement itself.
 MAX_PREPARED = 2000
@@ -56,7 +57,16 @@ _SOURCE = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 class Template:
     """A statement with placeholders, ready to be PREPAREd and EXECUTEd with quoted values."""
 
-    __slots__ = ("keyed", "name", "names", "occurrences", "positional", "preparable", "prepare", "text_parts")
+    __slots__ = (
+        "keyed",
+        "name",
+        "names",
+        "numbered",
+        "occurrences",
+        "positional",
+        "preparable",
+        "text_parts",
+    )
 
     def __init__(self, sql: str, number: int) -> None:
         self.name = f"{_PREFIX}{number}"
@@ -90,7 +100,7 @@ class Template:
         numbered = [text_parts[0]]
         for index, after in zip(occurrences, text_parts[1:], strict=True):
             numbered.append(f"${index + 1}{after}")
-        self.prepare = f"PREPARE {self.name} AS {''.join(numbered)}"
+        self.numbered = "".join(numbered)  # the text PREPAREd: placeholders as $1, $2, ...
         self.keyed = sql in KEYED_STATEMENTS
         self.preparable = self.keyed or _has_one_plan(sql)
 
@@ -252,29 +262,66 @@ def run_query(driver: Any, text: str) -> list[Any]:
     fourth session); nothing here needs what a cursor adds (parameters, row factories, scrolling)."""
     pgconn = driver.pgconn
     pgconn.send_query(text.encode())
+    waiting = _sent(pgconn)
+    answers: list[Any] = []
+    while (answer := _next_result(pgconn, waiting)) is not None:
+        answers.append(answer)
+    _raise_first_failure(driver, answers)
+    return answers
+
+
+def prepare_each(driver: Any, templates: Sequence[Template]) -> None:
+    """PREPARE each template on ``driver`` by the protocol's own Parse message, all in one round trip
+    (libpq's pipeline mode), before the query that EXECUTEs them.
+
+    Not as PREPARE statements in that query: PostgreSQL keeps with a statement PREPAREd there the
+    whole query string it came in, payloads and all, and copies it on every EXECUTE (a replay's first
+    batch is megabytes: 55 % of PostgreSQL's CPU went to that copy, bench/README.md, fifth session)."""
+    pgconn = driver.pgconn
+    pgconn.enter_pipeline_mode()
+    try:
+        for template in templates:
+            pgconn.send_prepare(template.name.encode(), template.numbered.encode())
+        pgconn.pipeline_sync()
+        waiting = _sent(pgconn)
+        answers: list[Any] = []
+        while True:
+            answer = _next_result(pgconn, waiting)
+            if answer is None:  # the end of one Parse's answers
+                continue
+            if answer.status == _PIPELINE_SYNC:
+                break
+            answers.append(answer)
+    finally:
+        pgconn.exit_pipeline_mode()
+    _raise_first_failure(driver, answers)
+
+
+def _sent(pgconn: Any) -> select.poll:
+    """Wait until what was queued on the non-blocking ``pgconn`` is sent (a long query goes in several
+    writes); return the poll object that then waits for its answers."""
     waiting = select.poll()  # not select.select: a busy server's descriptors pass FD_SETSIZE
     waiting.register(pgconn.socket, select.POLLIN | select.POLLOUT)
-    while pgconn.flush():  # a non-blocking connection sends a long query in several writes
+    while pgconn.flush():
         waiting.poll()
         pgconn.consume_input()
     waiting.modify(pgconn.socket, select.POLLIN)
-    answers: list[Any] = []
-    failed = None
-    while True:
-        while pgconn.is_busy():
-            waiting.poll()
-            pgconn.consume_input()
-        answer = pgconn.get_result()
-        if answer is None:
-            break
-        if answer.status == _FATAL_ERROR and failed is None:
-            failed = answer
-        answers.append(answer)
-    if failed is not None:
-        from psycopg import errors  # PostgreSQL only: the SQLite writer child never sends a query
+    return waiting
 
-        raise errors.error_from_result(failed, encoding=driver.info.encoding)
-    return answers
+
+def _next_result(pgconn: Any, waiting: select.poll) -> Any:
+    while pgconn.is_busy():
+        waiting.poll()
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def _raise_first_failure(driver: Any, answers: Sequence[Any]) -> None:
+    for answer in answers:
+        if answer.status == _FATAL_ERROR:
+            from psycopg import errors  # PostgreSQL only: the SQLite writer child never sends a query
+
+            raise errors.error_from_result(answer, encoding=driver.info.encoding)
 
 
 def _row_loader(driver: Any) -> Any:
@@ -296,8 +343,8 @@ class SimpleQuery:
             self._known = _prepared.setdefault(driver, set())
         self._forget_prepared = False
         self._parts: list[str] = []
-        self._results: list[Result | None] = []  # one per part, None for PREPARE and the like
-        self._preparing: list[str] = []
+        self._results: list[Result | None] = []  # one per part, None for BEGIN and the like
+        self._preparing: list[Template] = []
 
     def cursor(self) -> DeferredCursor:
         return DeferredCursor(self)
@@ -329,12 +376,11 @@ class SimpleQuery:
             if not self._kept_to_indexes:
                 self.command(KEEP_TO_INDEXES)
                 self._kept_to_indexes = True
-        if template.name in self._known or template.name in self._preparing:
+        if template.name in self._known or template in self._preparing:
             return True
         if not template.preparable or len(self._known) + len(self._preparing) >= MAX_PREPARED:
             return False
-        self._preparing.append(template.name)
-        self.command(template.prepare)
+        self._preparing.append(template)
         return True
 
     def send(self) -> None:
@@ -344,13 +390,14 @@ class SimpleQuery:
         text = ";\n".join(self._parts)
         results, preparing = self._results, self._preparing
         self._parts, self._results, self._preparing = [], [], []
-        try:
-            answers = run_query(self.driver, text)
-        except BaseException:
-            if preparing:  # those that ran before the failing statement stay: ask which
-                self._forget_prepared = True
-            raise
-        self._known.update(preparing)
+        if preparing:
+            try:
+                prepare_each(self.driver, preparing)
+            except BaseException:
+                self._forget_prepared = True  # those before the failing one stay: ask which
+                raise
+            self._known.update(template.name for template in preparing)
+        answers = run_query(self.driver, text)
         if len(answers) != len(results):
             raise RuntimeError("PostgreSQL gave fewer answers than the query had statements")
         loader = None

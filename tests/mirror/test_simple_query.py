@@ -97,7 +97,7 @@ def test_only_statements_with_one_possible_plan_are_prepared() -> None:
 def test_a_template_numbers_each_name_once_and_keeps_literal_percent_signs() -> None:
     sql = "SELECT %(a)s, %(b)s, %(a)s, '100%%' WHERE x LIKE 'a%%'"
     template = simple_query.template_of(sql)
-    assert template.prepare.endswith("AS SELECT $1, $2, $1, '100%' WHERE x LIKE 'a%'")
+    assert template.numbered == "SELECT $1, $2, $1, '100%' WHERE x LIKE 'a%'"
     assert template.inline({"a": 1, "b": "it's"}) == "SELECT 1, 'it''s', 1, '100%' WHERE x LIKE 'a%'"
     assert template.execute({"b": None, "a": 2}) == f"EXECUTE {template.name}(2, NULL)"
     positional = simple_query.template_of("UPDATE t SET a = %s WHERE id = %s")
@@ -132,6 +132,27 @@ def test_a_failed_query_leaves_the_connection_knowing_its_prepared_statements(
 
 
 @pytest.mark.postgres
+def test_a_statement_that_fails_to_prepare_is_reported_and_the_others_stay_known(
+    connection: psycopg.Connection[Any],
+) -> None:
+    connection.execute("CREATE TEMPORARY TABLE simple_query_parsed (id text PRIMARY KEY)")
+    good = "INSERT INTO simple_query_parsed (id) VALUES (%s)"
+    bad = "INSERT INTO simple_query_missing (id) VALUES (%s)"
+    with pytest.raises(psycopg.errors.UndefinedTable), simple_query.transaction(connection) as query:
+        query.execute(good, ["a"])
+        query.execute(bad, ["b"])
+        query.send()
+    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert connection.execute("SELECT count(*) FROM simple_query_parsed").fetchone() == (0,)
+    with simple_query.transaction(connection) as query:
+        counted = query.execute(good, ["c"])  # no second PREPARE: it would fail as a duplicate
+        query.command("COMMIT")
+        query.send()
+    assert counted.rowcount == 1
+    assert connection.execute("SELECT id FROM simple_query_parsed").fetchall() == [("c",)]
+
+
+@pytest.mark.postgres
 def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplicates(
     pg_session_database: str,
 ) -> None:
@@ -150,7 +171,7 @@ def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplica
         pooled = engine.raw_connection()
         try:
             prepared = pooled.driver_connection.execute(  # type: ignore[union-attr]
-                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'billing\\_mirror\\_%'"
+                "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'billing\\_mirror\\_%'"
             ).fetchall()
         finally:
             pooled.close()
@@ -160,11 +181,13 @@ def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplica
     assert [result.duplicate for result in again] == [True]  # type: ignore[union-attr]
     assert prepared, "the writes were PREPAREd"
     by_name = {template.name: template for template in simple_query.templates()}
-    for (name,) in prepared:
-        assert by_name[name].preparable, by_name[name].prepare[:200]
-        statement = by_name[name].prepare.split(" AS ", 1)[1]
+    for name, kept in prepared:
+        assert by_name[name].preparable, by_name[name].numbered[:200]
+        statement = by_name[name].numbered
         assert statement.startswith("INSERT") or by_name[name].keyed, statement[:200]
-    assert any(by_name[name].keyed for (name,) in prepared), "the lines' DELETE and UPDATE"
+        # Only its own text: PostgreSQL copies what it keeps with a statement on every EXECUTE.
+        assert kept == statement, f"{name} keeps {len(kept)} characters for a statement of {len(statement)}"
+    assert any(by_name[name].keyed for name, _ in prepared), "the lines' DELETE and UPDATE"
 
 
 def _same_value_for_each(template: simple_query.Template, value: str) -> Any:
@@ -206,7 +229,7 @@ def test_keyed_statements_keep_to_their_indexes_when_planned_on_empty_tables(
             prepared = {name for (name,) in driver.execute("SELECT name FROM pg_prepared_statements")}
             keyed = [t for t in simple_query.templates() if t.keyed and t.name in prepared]
             plans = {
-                template.prepare.split(" AS ", 1)[1][:60]: "\n".join(
+                template.numbered[:60]: "\n".join(
                     line
                     for (line,) in driver.execute(
                         f"EXPLAIN {template.execute(_same_value_for_each(template, 'in_keyed_0'))}"
@@ -260,7 +283,7 @@ def test_an_event_with_one_upsert_is_stored_with_it_in_one_statement(
     assert rows == [(older.id, "stale", 1, None, True), (newer.id, "applied", 1, None, True)]
     assert version == newer.id
     first, second = sent[0], sent[1]
-    assert len(first) in (1, 2) and first[-1].startswith("EXECUTE")  # (PREPARE first, once)
+    assert len(first) == 1 and first[0].startswith("EXECUTE")
     assert not any(part in ("BEGIN", "COMMIT") for part in first + second)
 
 
