@@ -279,12 +279,12 @@ def prepare_each(driver: Any, templates: Sequence[Template]) -> None:
     batch is megabytes: 55 % of PostgreSQL's CPU went to that copy, bench/README.md, fifth session)."""
     pgconn = driver.pgconn
     pgconn.enter_pipeline_mode()
+    answers: list[Any] = []
     try:
         for template in templates:
             pgconn.send_prepare(template.name.encode(), template.numbered.encode())
         pgconn.pipeline_sync()
         waiting = _sent(pgconn)
-        answers: list[Any] = []
         while True:
             answer = _next_result(pgconn, waiting)
             if answer is None:  # the end of one Parse's answers
@@ -292,8 +292,13 @@ def prepare_each(driver: Any, templates: Sequence[Template]) -> None:
             if answer.status == _PIPELINE_SYNC:
                 break
             answers.append(answer)
-    finally:
-        pgconn.exit_pipeline_mode()
+    except BaseException:
+        try:
+            pgconn.exit_pipeline_mode()
+        except Exception:  # answers still owed (the connection was lost): it cannot be used again
+            driver.close()
+        raise
+    pgconn.exit_pipeline_mode()
     _raise_first_failure(driver, answers)
 
 

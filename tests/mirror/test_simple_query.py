@@ -153,6 +153,19 @@ def test_a_statement_that_fails_to_prepare_is_reported_and_the_others_stay_known
 
 
 @pytest.mark.postgres
+def test_a_connection_lost_while_preparing_raises_as_lost_and_is_not_used_again(
+    connection: psycopg.Connection[Any], pg_session_database: str
+) -> None:
+    pid = connection.info.backend_pid
+    with psycopg.connect(_driver_url(pg_session_database), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(psycopg.OperationalError), simple_query.transaction(connection) as query:
+        query.execute("INSERT INTO simple_query_lost (id) VALUES (%s)", ["a"])
+        query.send()
+    assert connection.closed or connection.broken  # (a pool throws it away)
+
+
+@pytest.mark.postgres
 def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplicates(
     pg_session_database: str,
 ) -> None:
