@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from app.mirror import simple_query
 from app.mirror.outcome import Outcome
 from app.mirror.writes import (
+    Queued,
     Write,
     execute_writes,
     execute_writes_of_events,
@@ -245,6 +246,7 @@ def apply_optimistically(
     order: Sequence[int],
     *,
     speculate: bool = True,
+    ahead: WrittenAhead | None = None,
 ) -> list[IngestResult]:
     """The whole batch without savepoints, in a handful of statements.
 
@@ -261,14 +263,15 @@ def apply_optimistically(
     were stored yet (the usual case); then step 3 together with the COMMIT, its INSERT without ON
     CONFLICT. If an event of the batch was stored before (or meanwhile, by another receiver, whose
     transaction this INSERT waits for), the INSERT fails on stripe_events' primary key and
-    StoredBefore propagates: the caller rolls back and calls again without ``speculate``.
+    StoredBefore propagates: the caller rolls back and calls again without ``speculate``. That pass's
+    first query may come written ``ahead`` (``write_ahead`` of these events in this order).
 
     If a statement raises for anything but the database itself, or if the INSERT stores fewer rows
     than expected (another receiver stored one of these events after step 1), RedoCarefully
     propagates and the caller rolls the transaction back.
     """
     try:
-        return _apply_optimistically(driver, sql, events, order, speculate)
+        return _apply_optimistically(driver, sql, events, order, speculate, ahead)
     except (RedoCarefully, StoredBefore):
         raise
     except Exception as exc:
@@ -285,9 +288,8 @@ def _stored_already(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "23505" and getattr(diag, "table_name", None) == "stripe_events"
 
 
-def _apply_optimistically(
-    driver: Any, sql: EventSql, events: Sequence[PlannedEvent], order: Sequence[int], speculate: bool
-) -> list[IngestResult]:
+def _first_seen(events: Sequence[PlannedEvent], order: Sequence[int]) -> tuple[dict[str, int], list[int]]:
+    """Where each event id first comes in ``order``, and the refused deliveries (dead letters)."""
     first_seen: dict[str, int] = {}
     dead_letters: list[int] = []
     for index in order:
@@ -295,6 +297,44 @@ def _apply_optimistically(
             dead_letters.append(index)
         else:
             first_seen.setdefault(events[index].id, index)
+    return first_seen, dead_letters
+
+
+class WrittenAhead(NamedTuple):
+    """A batch's first query on PostgreSQL (every write, as if no event were stored yet), written by
+    the thread that planned the batch while the writer thread waits for the database: the writer
+    only sends it (a replay, bench/README.md, fifth session)."""
+
+    order: list[int]
+    query: simple_query.SimpleQuery  # written without a connection, adopted by the transaction's
+    queued: Queued
+    to_apply: list[int]
+
+
+def write_ahead(events: Sequence[PlannedEvent], *, keep_order: bool = False) -> WrittenAhead | None:
+    """The first query of the batch's speculative pass (``_apply_in_two_queries``), or None when the
+    batch would not take that pass (one event, or more than MAX_SPECULATED_EVENTS)."""
+    if len(events) < 2:
+        return None
+    order = apply_order(events, keep_order)
+    first_seen, _ = _first_seen(events, order)
+    if len(first_seen) > MAX_SPECULATED_EVENTS:
+        return None
+    to_apply = _to_apply(events, order, first_seen, {})
+    query = simple_query.SimpleQuery()
+    queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
+    return WrittenAhead(order, query, queued, to_apply)
+
+
+def _apply_optimistically(
+    driver: Any,
+    sql: EventSql,
+    events: Sequence[PlannedEvent],
+    order: Sequence[int],
+    speculate: bool,
+    ahead: WrittenAhead | None = None,
+) -> list[IngestResult]:
+    first_seen, dead_letters = _first_seen(events, order)
     if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and simple_query.usable(driver):
         folded = _stored_with_its_write(events)
         if folded is not None:
@@ -304,7 +344,7 @@ def _apply_optimistically(
             (outcome,) = answer.fetchall()[0]
             return [IngestResult(events[0].id, Outcome(outcome))]
         with simple_query.transaction(driver) as query:
-            return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters)
+            return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
 
     stored = stored_outcomes(driver, sql, sorted(first_seen))
     to_apply = _to_apply(events, order, first_seen, stored)
@@ -372,11 +412,16 @@ def _apply_in_two_queries(
     order: Sequence[int],
     first_seen: dict[str, int],
     dead_letters: list[int],
+    ahead: WrittenAhead | None,
 ) -> list[IngestResult]:
     """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: every write, as if no
     event were stored yet (the usual case), then the event rows with the COMMIT."""
-    to_apply = _to_apply(events, order, first_seen, {})
-    queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
+    if ahead is None:
+        to_apply = _to_apply(events, order, first_seen, {})
+        queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
+    else:
+        query.adopt(ahead.query)
+        to_apply, queued = ahead.to_apply, ahead.queued
     query.send()
     changes = row_counts(queued)
     outcomes = _outcomes(events, order, first_seen, {}, dict(zip(to_apply, changes, strict=True)))
@@ -525,16 +570,18 @@ def apply_batch(
     events: Sequence[PlannedEvent],
     *,
     keep_order: bool = False,
+    ahead: WrittenAhead | None = None,
 ) -> list[IngestResult]:
     """One transaction (``transaction()`` yields a driver connection and commits on success).
 
-    Tried optimistically first; only when a write fails is it rolled back and redone with one
+    Tried optimistically first (with the first query written ``ahead`` when given: ``write_ahead`` of
+    these events, whose order it keeps); only when a write fails is it rolled back and redone with one
     savepoint per event, so that the failing event is stored as failed and its neighbours applied."""
-    order = apply_order(events, keep_order)
+    order = ahead.order if ahead is not None else apply_order(events, keep_order)
     try:
         try:
             with transaction() as driver:
-                return apply_optimistically(driver, sql, events, order)
+                return apply_optimistically(driver, sql, events, order, ahead=ahead)
         except StoredBefore:  # (rolled back) the speculative pass wrote for a duplicate: look up first
             with transaction() as driver:
                 return apply_optimistically(driver, sql, events, order, speculate=False)
@@ -553,12 +600,13 @@ def apply_with_recovery(
     events: Sequence[PlannedEvent],
     *,
     keep_order: bool = False,
+    ahead: WrittenAhead | None = None,
 ) -> list[IngestResult | DatabaseUnavailable]:
     """``apply_batch``; a batch hit by a deadlock, a lost connection or anything unforeseen is redone
     one event per transaction, each retried with back-off (for the database) before it is reported
     unavailable, so that whatever one event does, its neighbours are stored and answered."""
     try:
-        return list(apply_batch(transaction, sql, events, keep_order=keep_order))
+        return list(apply_batch(transaction, sql, events, keep_order=keep_order, ahead=ahead))
     except Exception:
         pass
     results: list[IngestResult | DatabaseUnavailable] = []

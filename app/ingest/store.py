@@ -29,6 +29,7 @@ from app.ingest.apply import (
     PlannedEvent,
     apply_with_recovery,
     event_sql,
+    write_ahead,
 )
 from app.ingest.plan import plan_event
 from app.ingest.writer_process import SqliteWriterProcess, WriterProcessError
@@ -156,9 +157,10 @@ class EventStore:
         """``ingest_in_order`` for events already planned (their ``after`` writes set by the caller).
 
         On PostgreSQL one writer thread commits the batches, in order, one transaction each, while
-        this thread plans the next ones: the database's time and this process's overlap (a replay
-        of 20,000 events: bench/README.md). Up to ``in_flight_events`` (IN_FLIGHT_EVENTS) wait for
-        their answers. Elsewhere each batch is committed before the next is read."""
+        this thread plans the next ones and writes their first query (``write_ahead``): the
+        database's time and this process's overlap (a replay of 20,000 events: bench/README.md).
+        Up to ``in_flight_events`` (IN_FLIGHT_EVENTS) wait for their answers. Elsewhere each batch
+        is committed before the next is read."""
         sql = statements_for(self.engine.dialect)
         if self.dialect.name != "postgresql":
             for planned in batches:
@@ -167,7 +169,10 @@ class EventStore:
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-mirror-writer")
         try:
             write = partial(apply_with_recovery, self._transaction, sql, keep_order=True)
-            sent = ((writer.submit(write, planned), len(planned)) for planned in batches)
+            sent = (
+                (writer.submit(write, planned, ahead=write_ahead(planned, keep_order=True)), len(planned))
+                for planned in batches
+            )
             yield from answers_in_order(sent, in_flight_events, lambda future, _count: future.result())
         finally:  # a caller that stops early (or an error) leaves the batches not yet started unwritten
             writer.shutdown(wait=True, cancel_futures=True)

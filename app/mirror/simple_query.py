@@ -36,8 +36,8 @@ _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 _TUPLES_OK = 2  # libpq's PGRES_TUPLES_OK: a statement that returned rows
 _FATAL_ERROR = 7  # libpq's PGRES_FATAL_ERROR: the statement failed (and the rest did not run)
 _PIPELINE_SYNC = 10  # libpq's PGRES_PIPELINE_SYNC: the end of a pipeline's answers
-# Statements PREPAREd per connection at most; past it (it never is: statements are compiled per shape
-# of row, a few hundred at most) the values are written into the statement itself.
+# Statements PREPAREd at most (the first made in the process); past it (it never is: statements are
+# compiled per shape of row, a few hundred at most) the values are written into the statement itself.
 MAX_PREPARED = 2000
 # Sent once in a transaction before its first keyed statement: every plan made for one in it, the
 # generic plan kept for the connection included, reads through the index (SET LOCAL ends with it).
@@ -102,7 +102,7 @@ class Template:
             numbered.append(f"${index + 1}{after}")
         self.numbered = "".join(numbered)  # the text PREPAREd: placeholders as $1, $2, ...
         self.keyed = sql in KEYED_STATEMENTS
-        self.preparable = self.keyed or _has_one_plan(sql)
+        self.preparable = (self.keyed or _has_one_plan(sql)) and number <= MAX_PREPARED
 
     def values(self, params: Any) -> list[Any]:
         if self.positional:
@@ -338,18 +338,24 @@ def _row_loader(driver: Any) -> Any:
 
 class SimpleQuery:
     """Statements collected, then sent in one query by ``send``; each ``add`` returns the Result
-    that ``send`` fills in. Used inside ``transaction``, which owns BEGIN, COMMIT and ROLLBACK."""
+    that ``send`` fills in. Used inside ``transaction``, which owns BEGIN, COMMIT and ROLLBACK.
 
-    def __init__(self, driver: Any, *, in_block: bool = True) -> None:
+    Without a ``driver`` the query is only written (a replay's next batch, by the thread that plans
+    it), then taken into a transaction's query by ``adopt``: its text does not depend on the
+    connection, which PREPAREs what it lacks when the query is sent."""
+
+    def __init__(self, driver: Any = None, *, in_block: bool = True) -> None:
         self.driver = driver
         self.in_block = in_block  # inside BEGIN ... COMMIT (SET LOCAL holds to the end of it)
         self._kept_to_indexes = False
-        with _templates_lock:
-            self._known = _prepared.setdefault(driver, set())
+        self._known: set[str] = set()
+        if driver is not None:
+            with _templates_lock:
+                self._known = _prepared.setdefault(driver, set())
         self._forget_prepared = False
         self._parts: list[str] = []
         self._results: list[Result | None] = []  # one per part, None for BEGIN and the like
-        self._preparing: list[Template] = []
+        self._executed: dict[str, Template] = {}  # the statements EXECUTEd by the parts, by name
 
     def cursor(self) -> DeferredCursor:
         return DeferredCursor(self)
@@ -373,28 +379,40 @@ class SimpleQuery:
         self._results.append(result)
         return result
 
+    def adopt(self, written: SimpleQuery) -> None:
+        """Take the statements of ``written`` (a query written without a connection, in a transaction
+        as this one is) after those added so far; their Results are filled in by this query's send."""
+        if written.in_block != self.in_block:
+            raise ValueError("a query written for another kind of transaction")
+        self._parts.extend(written._parts)
+        self._results.extend(written._results)
+        self._executed.update(written._executed)
+        self._kept_to_indexes = self._kept_to_indexes or written._kept_to_indexes
+        written._parts, written._results, written._executed = [], [], {}
+
     def _prepared(self, template: Template) -> bool:
-        """Whether ``template`` is (or is now being) PREPAREd on this connection."""
+        """Whether ``template`` runs PREPAREd (it is, or will be when the query is sent)."""
         if template.keyed:
             if not self.in_block:
                 return False
             if not self._kept_to_indexes:
                 self.command(KEEP_TO_INDEXES)
                 self._kept_to_indexes = True
-        if template.name in self._known or template in self._preparing:
-            return True
-        if not template.preparable or len(self._known) + len(self._preparing) >= MAX_PREPARED:
+        if not template.preparable:
             return False
-        self._preparing.append(template)
+        self._executed[template.name] = template
         return True
 
     def send(self) -> None:
         """Send what was added as one query and read every statement's answer."""
         if not self._parts:
             return
+        if self.driver is None:
+            raise RuntimeError("a query written without a connection is sent by the one adopting it")
         text = ";\n".join(self._parts)
-        results, preparing = self._results, self._preparing
-        self._parts, self._results, self._preparing = [], [], []
+        results = self._results
+        preparing = [template for name, template in self._executed.items() if name not in self._known]
+        self._parts, self._results, self._executed = [], [], {}
         if preparing:
             try:
                 prepare_each(self.driver, preparing)

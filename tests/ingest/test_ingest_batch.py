@@ -88,6 +88,43 @@ def test_older_snapshot_is_stale_in_a_batch(engine: Engine) -> None:
     assert items(engine)["ii_same"] == "evt_new"
 
 
+def test_batches_in_order_keep_the_outcomes_of_events_applied_one_after_another(engine: Engine) -> None:
+    """A replay's batches (``ingest_in_order``: on PostgreSQL each batch's first query written by the
+    thread that plans it, then sent by a writer thread): stale, duplicate inside a batch and across
+    batches, as if each event came alone."""
+    first = item_event("ii_a", 100, event_id="evt_a1")
+    batches = [
+        [
+            first,
+            item_event("ii_a", 300, event_id="evt_a3"),
+            item_event("ii_a", 200, event_id="evt_a2"),
+            parse_event(first.raw.encode()),
+            item_event("ii_b", 100, event_id="evt_b1"),
+        ],
+        [item_event("ii_c", 100, event_id="evt_c1"), item_event("ii_b", 50, event_id="evt_b0")],
+        [item_event("ii_a", 200, event_id="evt_a2"), item_event("ii_d", 100, event_id="evt_d1")],
+    ]
+    results = [
+        [(result.outcome, result.duplicate) for result in batch]  # type: ignore[union-attr]
+        for batch in EventStore(engine).ingest_in_order(batches)
+    ]
+    assert results == [
+        [("applied", False), ("applied", False), ("stale", False), ("applied", True), ("applied", False)],
+        [("applied", False), ("stale", False)],
+        [("stale", True), ("applied", False)],
+    ]
+    assert items(engine) == {"ii_a": "evt_a3", "ii_b": "evt_b1", "ii_c": "evt_c1", "ii_d": "evt_d1"}
+    assert {event_id: row[:2] for event_id, row in stored(engine).items()} == {
+        "evt_a1": ("applied", 1),
+        "evt_a3": ("applied", 1),
+        "evt_a2": ("stale", 1),
+        "evt_b1": ("applied", 1),
+        "evt_c1": ("applied", 1),
+        "evt_b0": ("stale", 1),
+        "evt_d1": ("applied", 1),
+    }
+
+
 def test_every_event_is_stored_with_its_exact_body(engine: Engine) -> None:
     body = json.dumps(
         make_event("invoiceitem.created", {**ITEM_TEMPLATE, "id": "ii_raw", "description": "Café ☕"}),

@@ -166,6 +166,25 @@ def test_a_connection_lost_while_preparing_raises_as_lost_and_is_not_used_again(
 
 
 @pytest.mark.postgres
+def test_a_query_written_without_a_connection_is_sent_by_the_transaction_adopting_it(
+    connection: psycopg.Connection[Any],
+) -> None:
+    connection.execute("CREATE TEMPORARY TABLE simple_query_ahead (id text PRIMARY KEY, n bigint)")
+    insert = "INSERT INTO simple_query_ahead (id, n) VALUES (%s, %s) RETURNING n"
+    written = simple_query.SimpleQuery()  # (a replay's planning thread, before any connection)
+    answers = [written.execute(insert, [f"r{n}", n]) for n in range(3)]
+    with pytest.raises(RuntimeError, match="sent by the one adopting it"):
+        written.send()
+    with simple_query.transaction(connection) as query:
+        query.adopt(written)
+        query.command("COMMIT")
+        query.send()
+    assert [answer.fetchall() for answer in answers] == [[(0,)], [(1,)], [(2,)]]
+    prepared = {name for (name,) in connection.execute("SELECT name FROM pg_prepared_statements")}
+    assert simple_query.template_of(insert).name in prepared  # by the connection that sent it
+
+
+@pytest.mark.postgres
 def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplicates(
     pg_session_database: str,
 ) -> None:
