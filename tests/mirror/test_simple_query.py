@@ -106,50 +106,39 @@ def test_a_template_numbers_each_name_once_and_keeps_literal_percent_signs() -> 
         positional.inline(["x"])
 
 
+def _fail_in_the_query(query: simple_query.SimpleQuery) -> None:
+    query.command("SELECT 1 / 0")  # after the statements PREPAREd for this query
+
+
+def _fail_to_prepare(query: simple_query.SimpleQuery) -> None:
+    query.execute("INSERT INTO simple_query_missing (id, n) VALUES (%s, %s)", ["b", 2])  # no such table
+
+
 @pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("fail", "error"),
+    [(_fail_in_the_query, psycopg.errors.DivisionByZero), (_fail_to_prepare, psycopg.errors.UndefinedTable)],
+)
 def test_a_failed_query_leaves_the_connection_knowing_its_prepared_statements(
-    connection: psycopg.Connection[Any],
+    connection: psycopg.Connection[Any], fail: Any, error: type[Exception]
 ) -> None:
+    """A statement that fails, in the query or while it is PREPAREd: the transaction is rolled back,
+    and the statements PREPAREd before it stay known to the connection (PREPAREd again, they would fail
+    as duplicates)."""
     connection.execute("CREATE TEMPORARY TABLE simple_query_probe (id text PRIMARY KEY, n bigint)")
     insert = "INSERT INTO simple_query_probe (id, n) VALUES (%s, %s)"
-
-    def send_a_failing_query() -> None:
-        with simple_query.transaction(connection) as query:
-            query.execute(insert, ["a", 1])  # PREPAREd in this query, before the failing statement
-            query.command("SELECT 1 / 0")
-            query.send()
-
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        send_a_failing_query()
+    with pytest.raises(error), simple_query.transaction(connection) as query:
+        query.execute(insert, ["a", 1])
+        fail(query)
+        query.send()
     assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert connection.autocommit  # as it was before the transaction
     with simple_query.transaction(connection) as query:
-        counted = query.execute(insert, ["b", 2])  # no second PREPARE: it would fail as a duplicate
+        counted = query.execute(insert, ["b", 2])
         query.command("COMMIT")
         query.send()
     assert counted.rowcount == 1
     assert connection.execute("SELECT id FROM simple_query_probe").fetchall() == [("b",)]
-
-
-@pytest.mark.postgres
-def test_a_statement_that_fails_to_prepare_is_reported_and_the_others_stay_known(
-    connection: psycopg.Connection[Any],
-) -> None:
-    connection.execute("CREATE TEMPORARY TABLE simple_query_parsed (id text PRIMARY KEY)")
-    good = "INSERT INTO simple_query_parsed (id) VALUES (%s)"
-    bad = "INSERT INTO simple_query_missing (id) VALUES (%s)"
-    with pytest.raises(psycopg.errors.UndefinedTable), simple_query.transaction(connection) as query:
-        query.execute(good, ["a"])
-        query.execute(bad, ["b"])
-        query.send()
-    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    assert connection.execute("SELECT count(*) FROM simple_query_parsed").fetchone() == (0,)
-    with simple_query.transaction(connection) as query:
-        counted = query.execute(good, ["c"])  # no second PREPARE: it would fail as a duplicate
-        query.command("COMMIT")
-        query.send()
-    assert counted.rowcount == 1
-    assert connection.execute("SELECT id FROM simple_query_parsed").fetchall() == [("c",)]
 
 
 @pytest.mark.postgres
