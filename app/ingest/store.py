@@ -41,6 +41,9 @@ from app.mirror.upsert import table_of
 Results = list[IngestResult | DatabaseUnavailable]
 # Planned events a replay sends ahead of the answers it has (WriterProcessStore.ingest_in_order).
 IN_FLIGHT_EVENTS = 4000
+# The same on PostgreSQL, where they wait with their first query written: 1,000 did 6,560-7,024
+# events/s in 117-120 MiB, 4,000 6,084-6,496 in 155-159 (bench/README.md, fifth session).
+POSTGRES_IN_FLIGHT_EVENTS = 1000
 
 
 class Ingests(Protocol):
@@ -159,8 +162,8 @@ class EventStore:
         On PostgreSQL one writer thread commits the batches, in order, one transaction each, while
         this thread plans the next ones and writes their first query (``write_ahead``): the
         database's time and this process's overlap (a replay of 20,000 events: bench/README.md).
-        Up to ``in_flight_events`` (IN_FLIGHT_EVENTS) wait for their answers. Elsewhere each batch
-        is committed before the next is read."""
+        Up to ``in_flight_events`` (POSTGRES_IN_FLIGHT_EVENTS) wait for their answers. Elsewhere
+        each batch is committed before the next is read."""
         sql = statements_for(self.engine.dialect)
         if self.dialect.name != "postgresql":
             for planned in batches:
@@ -173,7 +176,8 @@ class EventStore:
                 (writer.submit(write, planned, ahead=write_ahead(planned, keep_order=True)), len(planned))
                 for planned in batches
             )
-            yield from answers_in_order(sent, in_flight_events, lambda future, _count: future.result())
+            limit = POSTGRES_IN_FLIGHT_EVENTS if in_flight_events is None else in_flight_events
+            yield from answers_in_order(sent, limit, lambda future, _count: future.result())
         finally:  # a caller that stops early (or an error) leaves the batches not yet started unwritten
             writer.shutdown(wait=True, cancel_futures=True)
 
