@@ -22,9 +22,9 @@ from app.ingest.apply import DatabaseUnavailable, IngestResult
 from app.mirror.envelope import EnvelopeError, Event, EventSource, event_from_json
 from app.mirror.outcome import Outcome
 from app.recording.event_files import SourceItem, SourceProblem, SourceValue
+from app.webhook.logs import WEBHOOK_PATH
 from app.webhook.signature import sign_header
 
-WEBHOOK_PATH = "/webhooks/stripe"
 DEFAULT_BATCH_SIZE = 500
 MAX_REASON_EXAMPLES = 3
 

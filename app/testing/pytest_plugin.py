@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app.json_text import json_text
+from app.webhook.logs import WEBHOOK_PATH
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from app.recording.replay import ReplaySummary
 
 DEFAULT_SECRET = "whsec_billing_mirror_pytest"
-WEBHOOK_PATH = "/webhooks/stripe"
 
 EventLike = dict[str, Any] | str | bytes
 
