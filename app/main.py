@@ -38,7 +38,7 @@ from app.webhook.metrics import (
 
 logger = logging.getLogger("billing_mirror")
 
-# Writer threads per process on PostgreSQL: a batch takes two round trips (app.mirror.simple_query), so
+# Writer threads per process on PostgreSQL: a batch takes two round trips (app.mirror.pipelined_query), so
 # more threads mostly fight the event loop for the GIL (bench/README.md).
 POSTGRES_WRITERS = 1
 

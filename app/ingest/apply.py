@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from app.mirror import simple_query
+from app.mirror import pipelined_query
 from app.mirror.outcome import Outcome
 from app.mirror.writes import (
     Queued,
@@ -174,12 +174,11 @@ class EventSql:
     ids_param: Callable[[list[str]], Any]
 
     @staticmethod
-    def store_rows(rows: Sequence[tuple[Any, ...]]) -> str:
-        """One INSERT of ``rows`` (EVENT_COLUMNS) with their values written in, for a simple query on
-        PostgreSQL. Without ON CONFLICT: an event stored meanwhile by another receiver fails it, and
-        with it the batch, which is redone carefully instead of storing the event twice."""
-        values = ",\n".join(f"({', '.join(map(simple_query.literal, row))})" for row in rows)
-        return f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)}) VALUES {values}"
+    def store_rows(query: pipelined_query.PipelinedQuery, rows: Sequence[tuple[Any, ...]]) -> None:
+        """One INSERT of ``rows`` (EVENT_COLUMNS) into ``query``, for PostgreSQL. Without ON CONFLICT:
+        an event stored meanwhile by another receiver fails it, and with it the batch, which is
+        redone carefully instead of storing the event twice."""
+        query.insert_values(f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})", rows)
 
 
 def event_sql(dialect: str) -> EventSql:
@@ -258,7 +257,7 @@ def apply_optimistically(
        one executemany UPDATE records the outcome of the re-applied ones, and one INSERT the dead
        letters (refused deliveries).
 
-    On PostgreSQL (app.mirror.simple_query) and with ``speculate``, the batch takes two round trips,
+    On PostgreSQL (app.mirror.pipelined_query) and with ``speculate``, the batch takes two round trips,
     BEGIN and COMMIT included, and no SELECT: the writes of every event of the batch, as if none
     were stored yet (the usual case); then step 3 together with the COMMIT, its INSERT without ON
     CONFLICT. If an event of the batch was stored before (or meanwhile, by another receiver, whose
@@ -306,7 +305,7 @@ class WrittenAhead(NamedTuple):
     only sends it (a replay, bench/README.md, fifth session)."""
 
     order: list[int]
-    query: simple_query.SimpleQuery  # written without a connection, adopted by the transaction's
+    query: pipelined_query.PipelinedQuery  # written without a connection, adopted by the transaction's
     queued: Queued
     to_apply: list[int]
 
@@ -321,7 +320,7 @@ def write_ahead(events: Sequence[PlannedEvent], *, keep_order: bool = False) -> 
     if len(first_seen) > MAX_SPECULATED_EVENTS:
         return None
     to_apply = _to_apply(events, order, first_seen, {})
-    query = simple_query.SimpleQuery()
+    query = pipelined_query.PipelinedQuery()
     queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
     return WrittenAhead(order, query, queued, to_apply)
 
@@ -335,15 +334,15 @@ def _apply_optimistically(
     ahead: WrittenAhead | None = None,
 ) -> list[IngestResult]:
     first_seen, dead_letters = _first_seen(events, order)
-    if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and simple_query.usable(driver):
+    if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and pipelined_query.usable(driver):
         folded = _stored_with_its_write(events)
         if folded is not None:
-            with simple_query.transaction(driver, begin=False) as query:
+            with pipelined_query.transaction(driver, begin=False) as query:
                 answer = query.execute(*folded)
                 query.send()
             (outcome,) = answer.fetchall()[0]
             return [IngestResult(events[0].id, Outcome(outcome))]
-        with simple_query.transaction(driver) as query:
+        with pipelined_query.transaction(driver) as query:
             return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
 
     stored = stored_outcomes(driver, sql, sorted(first_seen))
@@ -380,7 +379,7 @@ def _stored_with_its_write(events: Sequence[PlannedEvent]) -> tuple[str, dict[st
     write_sql, params, many = planned.writes[0]
     if many or not isinstance(params, dict) or " RETURNING " in write_sql:
         return None
-    if not simple_query.template_of(write_sql).preparable:  # (an INSERT that reads no table)
+    if not pipelined_query.template_of(write_sql).preparable:  # (an INSERT that reads no table)
         return None
     named = dict(params)
     for position, value in enumerate(planned.row):
@@ -406,7 +405,7 @@ def _store_with_write_sql(write_sql: str) -> str:
 
 
 def _apply_in_two_queries(
-    query: simple_query.SimpleQuery,
+    query: pipelined_query.PipelinedQuery,
     sql: EventSql,
     events: Sequence[PlannedEvent],
     order: Sequence[int],
@@ -427,7 +426,7 @@ def _apply_in_two_queries(
     outcomes = _outcomes(events, order, first_seen, {}, dict(zip(to_apply, changes, strict=True)))
     # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
     if outcomes.new_rows:  # (nothing is re-applied here: a stored failed event fails the INSERT too)
-        query.command(sql.store_rows(outcomes.new_rows))
+        sql.store_rows(query, outcomes.new_rows)
     if dead_letters:
         query.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
     followups = [write for index in order for write in events[index].after]

@@ -59,7 +59,7 @@ FOOTPRINTS: dict[str, Callable[[Any], Iterable[Hashable]]] = {}
 
 # SQL that reads and changes only rows an index finds by a parameter (the lines of one invoice),
 # registered where the SQL is made: on PostgreSQL it is PREPAREd like an insert, and planned with
-# sequential scans off (app.mirror.simple_query), since planning it on every run cost more than running it.
+# sequential scans off (app.mirror.pipelined_query), since planning it on every run cost more than running it.
 KEYED_STATEMENTS: set[str] = set()
 
 

@@ -1,7 +1,7 @@
-"""PostgreSQL batches go as simple queries (app.mirror.simple_query): values written as literals must
-read back exactly as bound parameters do, only statements with one possible plan are PREPAREd, and
-a failed query leaves the connection knowing which statements it has; the keyed statements (an
-invoice's lines) are PREPAREd too and keep to their indexes."""
+"""PostgreSQL batches go as pipelined queries (app.mirror.pipelined_query): values sent in our text
+format must read back exactly as psycopg's own parameters do, only statements with one possible plan
+are PREPAREd, and a failed query leaves the connection knowing which statements it has; the keyed
+statements (an invoice's lines) are PREPAREd too and keep to their indexes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from app.db.engine import make_engine
 from app.ingest.store import EventStore
-from app.mirror import simple_query
+from app.mirror import pipelined_query
 from app.mirror.envelope import parse_event
 from tests.support import T0, encode, load_fixture, make_event, reset
 
@@ -68,17 +68,27 @@ VALUES: list[tuple[Any, str]] = [
 
 @pytest.mark.postgres
 @pytest.mark.parametrize(("value", "type_name"), VALUES, ids=[f"{t}-{i}" for i, (_, t) in enumerate(VALUES)])
-def test_a_literal_reads_back_as_the_bound_parameter(
+def test_a_parameter_reads_back_as_psycopg_binds_it(
     connection: psycopg.Connection[Any], value: Any, type_name: str
 ) -> None:
     bound = connection.execute(f"SELECT %s::{type_name}", (value,)).fetchone()
-    written = connection.execute(f"SELECT {simple_query.literal(value)}::{type_name}").fetchone()
-    assert written == bound
+    with pipelined_query.transaction(connection, begin=False) as query:
+        sent = query.execute(f"SELECT %s::{type_name}", [value])
+        query.send()
+    assert sent.fetchall() == [bound]
+
+
+def test_a_text_with_nul_is_refused_not_cut_short() -> None:
+    """libpq reads a text parameter up to its first NUL: the rest would be lost without a word."""
+    with pytest.raises(ValueError, match="NUL"):
+        pipelined_query.parameter("before\x00after")
+    with pytest.raises(ValueError, match="NUL"):
+        pipelined_query.parameter(["ok", "a\x00b"])
 
 
 def test_only_statements_with_one_possible_plan_are_prepared() -> None:
     def preparable(sql: str) -> bool:
-        return simple_query.template_of(sql).preparable
+        return pipelined_query.template_of(sql).preparable
 
     assert preparable(
         "INSERT INTO t (a, b) VALUES (%(a)s, %(b)s) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
@@ -96,22 +106,23 @@ def test_only_statements_with_one_possible_plan_are_prepared() -> None:
 
 def test_a_template_numbers_each_name_once_and_keeps_literal_percent_signs() -> None:
     sql = "SELECT %(a)s, %(b)s, %(a)s, '100%%' WHERE x LIKE 'a%%'"
-    template = simple_query.template_of(sql)
+    template = pipelined_query.template_of(sql)
     assert template.numbered == "SELECT $1, $2, $1, '100%' WHERE x LIKE 'a%'"
-    assert template.inline({"a": 1, "b": "it's"}) == "SELECT 1, 'it''s', 1, '100%' WHERE x LIKE 'a%'"
-    assert template.execute({"b": None, "a": 2}) == f"EXECUTE {template.name}(2, NULL)"
-    positional = simple_query.template_of("UPDATE t SET a = %s WHERE id = %s")
-    assert positional.inline(["x", 3]) == "UPDATE t SET a = 'x' WHERE id = 3"
+    assert template.parameters({"b": "it's", "a": 1}) == [b"1", b"it's"]
+    assert template.parameters({"b": None, "a": 2}) == [b"2", None]
+    positional = pipelined_query.template_of("UPDATE t SET a = %s WHERE id = %s")
+    assert positional.numbered == "UPDATE t SET a = $1 WHERE id = $2"
+    assert positional.parameters(["x", 3]) == [b"x", b"3"]
     with pytest.raises(ValueError, match="2 parameters expected"):
-        positional.inline(["x"])
+        positional.parameters(["x"])
 
 
-def _fail_in_the_query(query: simple_query.SimpleQuery) -> None:
+def _fail_in_the_query(query: pipelined_query.PipelinedQuery) -> None:
     query.command("SELECT 1 / 0")  # after the statements PREPAREd for this query
 
 
-def _fail_to_prepare(query: simple_query.SimpleQuery) -> None:
-    query.execute("INSERT INTO simple_query_missing (id, n) VALUES (%s, %s)", ["b", 2])  # no such table
+def _fail_to_prepare(query: pipelined_query.PipelinedQuery) -> None:
+    query.execute("INSERT INTO pipelined_query_missing (id, n) VALUES (%s, %s)", ["b", 2])  # no such table
 
 
 @pytest.mark.postgres
@@ -125,20 +136,20 @@ def test_a_failed_query_leaves_the_connection_knowing_its_prepared_statements(
     """A statement that fails, in the query or while it is PREPAREd: the transaction is rolled back,
     and the statements PREPAREd before it stay known to the connection (PREPAREd again, they would fail
     as duplicates)."""
-    connection.execute("CREATE TEMPORARY TABLE simple_query_probe (id text PRIMARY KEY, n bigint)")
-    insert = "INSERT INTO simple_query_probe (id, n) VALUES (%s, %s)"
-    with pytest.raises(error), simple_query.transaction(connection) as query:
+    connection.execute("CREATE TEMPORARY TABLE pipelined_query_probe (id text PRIMARY KEY, n bigint)")
+    insert = "INSERT INTO pipelined_query_probe (id, n) VALUES (%s, %s)"
+    with pytest.raises(error), pipelined_query.transaction(connection) as query:
         query.execute(insert, ["a", 1])
         fail(query)
         query.send()
     assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert connection.autocommit  # as it was before the transaction
-    with simple_query.transaction(connection) as query:
+    with pipelined_query.transaction(connection) as query:
         counted = query.execute(insert, ["b", 2])
         query.command("COMMIT")
         query.send()
     assert counted.rowcount == 1
-    assert connection.execute("SELECT id FROM simple_query_probe").fetchall() == [("b",)]
+    assert connection.execute("SELECT id FROM pipelined_query_probe").fetchall() == [("b",)]
 
 
 @pytest.mark.postgres
@@ -148,8 +159,8 @@ def test_a_connection_lost_while_preparing_raises_as_lost_and_is_not_used_again(
     pid = connection.info.backend_pid
     with psycopg.connect(_driver_url(pg_session_database), autocommit=True) as other:
         other.execute("SELECT pg_terminate_backend(%s)", [pid])
-    with pytest.raises(psycopg.OperationalError), simple_query.transaction(connection) as query:
-        query.execute("INSERT INTO simple_query_lost (id) VALUES (%s)", ["a"])
+    with pytest.raises(psycopg.OperationalError), pipelined_query.transaction(connection) as query:
+        query.execute("INSERT INTO pipelined_query_lost (id) VALUES (%s)", ["a"])
         query.send()
     assert connection.closed or connection.broken  # (a pool throws it away)
 
@@ -158,19 +169,19 @@ def test_a_connection_lost_while_preparing_raises_as_lost_and_is_not_used_again(
 def test_a_query_written_without_a_connection_is_sent_by_the_transaction_adopting_it(
     connection: psycopg.Connection[Any],
 ) -> None:
-    connection.execute("CREATE TEMPORARY TABLE simple_query_ahead (id text PRIMARY KEY, n bigint)")
-    insert = "INSERT INTO simple_query_ahead (id, n) VALUES (%s, %s) RETURNING n"
-    written = simple_query.SimpleQuery()  # (a replay's planning thread, before any connection)
+    connection.execute("CREATE TEMPORARY TABLE pipelined_query_ahead (id text PRIMARY KEY, n bigint)")
+    insert = "INSERT INTO pipelined_query_ahead (id, n) VALUES (%s, %s) RETURNING n"
+    written = pipelined_query.PipelinedQuery()  # (a replay's planning thread, before any connection)
     answers = [written.execute(insert, [f"r{n}", n]) for n in range(3)]
     with pytest.raises(RuntimeError, match="sent by the one adopting it"):
         written.send()
-    with simple_query.transaction(connection) as query:
+    with pipelined_query.transaction(connection) as query:
         query.adopt(written)
         query.command("COMMIT")
         query.send()
     assert [answer.fetchall() for answer in answers] == [[(0,)], [(1,)], [(2,)]]
     prepared = {name for (name,) in connection.execute("SELECT name FROM pg_prepared_statements")}
-    assert simple_query.template_of(insert).name in prepared  # by the connection that sent it
+    assert pipelined_query.template_of(insert).name in prepared  # by the connection that sent it
 
 
 @pytest.mark.postgres
@@ -201,7 +212,7 @@ def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplica
     assert [result.duplicate for result in first] == [False, False]  # type: ignore[union-attr]
     assert [result.duplicate for result in again] == [True]  # type: ignore[union-attr]
     assert prepared, "the writes were PREPAREd"
-    by_name = {template.name: template for template in simple_query.templates()}
+    by_name = {template.name: template for template in pipelined_query.templates()}
     for name, kept in prepared:
         assert by_name[name].preparable, by_name[name].numbered[:200]
         statement = by_name[name].numbered
@@ -211,7 +222,7 @@ def test_a_receiver_prepares_only_inserts_and_keyed_statements_and_tells_duplica
     assert any(by_name[name].keyed for name, _ in prepared), "the lines' DELETE and UPDATE"
 
 
-def _same_value_for_each(template: simple_query.Template, value: str) -> Any:
+def _same_value_for_each(template: pipelined_query.Template, value: str) -> Any:
     return [value] * len(template.names) if template.positional else dict.fromkeys(template.names, value)
 
 
@@ -248,16 +259,14 @@ def test_keyed_statements_keep_to_their_indexes_when_planned_on_empty_tables(
         try:
             driver: Any = pooled.driver_connection
             prepared = {name for (name,) in driver.execute("SELECT name FROM pg_prepared_statements")}
-            keyed = [t for t in simple_query.templates() if t.keyed and t.name in prepared]
-            plans = {
-                template.numbered[:60]: "\n".join(
-                    line
-                    for (line,) in driver.execute(
-                        f"EXPLAIN {template.execute(_same_value_for_each(template, 'in_keyed_0'))}"
-                    )
-                )
-                for template in keyed
-            }
+            keyed = [t for t in pipelined_query.templates() if t.keyed and t.name in prepared]
+            explain = psycopg.ClientCursor(driver)  # values written in: EXPLAIN EXECUTE takes no parameters
+            plans = {}
+            for template in keyed:
+                values = template.values(_same_value_for_each(template, "in_keyed_0"))
+                marks = ", ".join(["%s"] * len(values))
+                explain.execute(f"EXPLAIN EXECUTE {template.name}({marks})", values)
+                plans[template.numbered[:60]] = "\n".join(line for (line,) in explain.fetchall())
         finally:
             pooled.close()
     finally:
@@ -277,14 +286,14 @@ def test_an_event_with_one_upsert_is_stored_with_it_in_one_statement(
     payment = load_fixture("invoice_payment.paid.json")["data"]["object"]
     newer = parse_event(encode(make_event("invoice_payment.paid", payment, created=T0 + 10)))
     older = parse_event(encode(make_event("invoice_payment.paid", payment, created=T0)))
-    sent: list[list[str]] = []
-    send = simple_query.SimpleQuery.send
+    sent: list[list[pipelined_query.Statement]] = []
+    send = pipelined_query.PipelinedQuery.send
 
-    def counting_send(query: simple_query.SimpleQuery) -> None:
+    def counting_send(query: pipelined_query.PipelinedQuery) -> None:
         sent.append(list(query._parts))
         send(query)
 
-    monkeypatch.setattr(simple_query.SimpleQuery, "send", counting_send)
+    monkeypatch.setattr(pipelined_query.PipelinedQuery, "send", counting_send)
     engine = make_engine(pg_session_database)
     try:
         reset(engine)
@@ -304,17 +313,19 @@ def test_an_event_with_one_upsert_is_stored_with_it_in_one_statement(
     assert rows == [(older.id, "stale", 1, None, True), (newer.id, "applied", 1, None, True)]
     assert version == newer.id
     first, second = sent[0], sent[1]
-    assert len(first) == 1 and first[0].startswith("EXECUTE")
-    assert not any(part in ("BEGIN", "COMMIT") for part in first + second)
+    [(prepared_name, _, _)] = first
+    assert prepared_name is not None  # the one statement, PREPAREd and run by name
+    assert not any(text in (b"BEGIN", b"COMMIT") for _, text, _ in first + second)
 
 
 @pytest.mark.postgres
 def test_a_query_longer_than_the_sockets_buffers_is_sent_whole(
     connection: psycopg.Connection[Any],
 ) -> None:
-    """A batch's query can hold megabytes of payloads: the non-blocking connection sends it in parts."""
+    """A batch's statements can hold megabytes of payloads: the non-blocking connection sends them in
+    parts."""
     text = "Żółć 🧾 " * 800_000  # about 12 MB of UTF-8
-    with simple_query.transaction(connection, begin=False) as query:
+    with pipelined_query.transaction(connection, begin=False) as query:
         answer = query.execute("SELECT length(%s), md5(%s)", [text, text])
         query.send()
     assert answer.fetchall() == [(len(text), hashlib.md5(text.encode()).hexdigest())]

@@ -1,22 +1,23 @@
-"""Statements for PostgreSQL sent as one simple query: a transaction in one or two round trips.
+"""Statements for PostgreSQL sent together in libpq's pipeline mode: a transaction in one or two
+round trips.
 
-psycopg's pipeline sends each statement with its parameters (extended protocol) and reads each
-answer in turn; for the few statements of one webhook's transaction that cost about 0.6 ms of CPU
-and 1 ms of wall time, where the same statements as one query string cost 0.1 ms and 0.45 ms
-(bench/README.md, issue #15). So here the statements are written out as text: each statement is
-PREPAREd once per connection (PostgreSQL parses and plans it once) and run as ``EXECUTE name(literal,
-...)``, its values quoted here, and all of them go in one query; the answers come back together and
-each statement's row count and rows are read from its own result.
+psycopg's own pipeline (its cursors, one at a time) cost about 0.6 ms of CPU and 1 ms of wall time
+for the few statements of one webhook's transaction (bench/README.md, issue #15). Here they are
+collected (``PipelinedQuery.add``), then sent at once through psycopg's libpq interface
+(psycopg.pq) with one Sync: each insert statement PREPAREd once per connection (PostgreSQL parses
+and plans it once) and run by name, any other as the unnamed statement, planned for its values;
+the values always as parameters in PostgreSQL's text format, never written into the statement (its
+SQL lexer spent a fifth of its CPU reading literals back out, sixth session). The answers come back
+together and each statement's row count and rows are read from its own result.
 
 Only the standard library: the writes it runs are plain data (app.mirror.writes); the driver is a
-psycopg connection, given a query through its libpq interface (psycopg.pq), its errors and rows
-turned into Python by psycopg's own error classes and loaders.
+psycopg connection, its errors and rows turned into Python by psycopg's own error classes and
+loaders.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import select
 import threading
@@ -25,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from app.mirror.writes import KEYED_STATEMENTS
@@ -60,8 +62,10 @@ class Template:
     __slots__ = (
         "keyed",
         "name",
+        "name_bytes",
         "names",
         "numbered",
+        "numbered_bytes",
         "occurrences",
         "positional",
         "preparable",
@@ -101,6 +105,8 @@ class Template:
         for index, after in zip(occurrences, text_parts[1:], strict=True):
             numbered.append(f"${index + 1}{after}")
         self.numbered = "".join(numbered)  # the text PREPAREd: placeholders as $1, $2, ...
+        self.numbered_bytes = self.numbered.encode()
+        self.name_bytes = self.name.encode()
         self.keyed = sql in KEYED_STATEMENTS
         self.preparable = (self.keyed or _has_one_plan(sql)) and number <= MAX_PREPARED
 
@@ -111,19 +117,9 @@ class Template:
             return list(params)
         return [params[name] for name in self.names]
 
-    def execute(self, params: Any) -> str:
-        if not self.names:
-            return f"EXECUTE {self.name}"
-        return f"EXECUTE {self.name}({', '.join(map(literal, self.values(params)))})"
-
-    def inline(self, params: Any) -> str:
-        """The statement with its values written in (no PREPARE)."""
-        values = [literal(value) for value in self.values(params)]
-        out = [self.text_parts[0]]
-        for index, after in zip(self.occurrences, self.text_parts[1:], strict=True):
-            out.append(values[index])
-            out.append(after)
-        return "".join(out)
+    def parameters(self, params: Any) -> list[bytes | None]:
+        """The values of ``params`` as the statement's $1, $2, ... in PostgreSQL's text format."""
+        return [parameter(value) for value in self.values(params)]
 
 
 def _has_one_plan(sql: str) -> bool:
@@ -155,41 +151,49 @@ def template_of(sql: str) -> Template:
     return found
 
 
-def literal(value: Any) -> str:
-    """``value`` as a PostgreSQL literal (standard_conforming_strings on: only quotes are doubled).
-    Text, times and arrays are untyped literals: they take the type of the parameter they fill."""
+def parameter(value: Any) -> bytes | None:
+    """``value`` in PostgreSQL's text format, as a parameter of a statement (None for NULL). Untyped:
+    each takes the type of the parameter it fills."""
     kind = value.__class__
     if kind is str:
         text: str = value
-        return "'" + text.replace("'", "''") + "'"
-    if value is None:
-        return "NULL"
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:  # a negative number in parentheses: -(2**63) followed by a cast would overflow
-        return str(value) if value >= 0 else f"({value})"
-    if kind is float:
-        if not math.isfinite(value):
-            return f"'{value!r}'"
-        return repr(value) if value >= 0 else f"({value!r})"
-    if isinstance(value, datetime | date):
-        return f"'{value.isoformat()}'"
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"'\\x{bytes(value).hex()}'"
-    if isinstance(value, list | tuple):
-        return literal("{" + ",".join(map(_array_element, value)) + "}")
-    if isinstance(value, Decimal):
-        return f"({value})" if value.is_finite() else f"'{value}'"
-    if isinstance(value, int):  # an int subclass (an enum)
-        return literal(int(value))
-    if isinstance(value, str):
-        return literal(str(value))
-    if hasattr(value, "obj"):  # psycopg's Json wrapper: as the text it sends (as in upsert's bulk form)
+    elif value is None:
+        return None
+    elif kind is bool:
+        return b"t" if value else b"f"
+    elif kind is int:
+        return str(value).encode()
+    elif kind is float:
+        return repr(value).encode()  # inf, -inf and nan are PostgreSQL's spellings too
+    elif isinstance(value, datetime | date):
+        return value.isoformat().encode()
+    elif isinstance(value, bytes | bytearray | memoryview):
+        return b"\\x" + bytes(value).hex().encode()
+    elif isinstance(value, list | tuple):
+        text = "{" + ",".join(map(_array_element, value)) + "}"
+    elif isinstance(value, Decimal):
+        return str(value).encode()
+    elif isinstance(value, int):  # an int subclass (an enum)
+        return str(int(value)).encode()
+    elif isinstance(value, str):
+        text = str(value)
+    elif hasattr(value, "obj"):  # psycopg's Json wrapper: as the text it sends (as in upsert's bulk form)
         # Imported here: PostgreSQL only, never in the SQLite writer child (standard library only).
         from app.json_text import driver_json_text
 
-        return literal(driver_json_text(value))
-    raise TypeError(f"no PostgreSQL literal for {kind.__name__}")
+        text = driver_json_text(value)
+    else:
+        raise TypeError(f"no PostgreSQL parameter for {kind.__name__}")
+    if "\x00" in text:  # libpq reads a text parameter up to its first NUL: refused, never cut short
+        raise ValueError("a PostgreSQL text value cannot contain NUL (0x00)")
+    return text.encode()
+
+
+@lru_cache(maxsize=64)
+def _values_text(head: str, width: int, rows: int) -> bytes:
+    numbers = iter(range(1, width * rows + 1))
+    rows_text = ",".join("(" + ",".join(f"${next(numbers)}" for _ in range(width)) + ")" for _ in range(rows))
+    return f"{head} VALUES {rows_text}".encode()
 
 
 def _array_element(value: Any) -> str:
@@ -210,12 +214,12 @@ class Result:
 
 
 class DeferredCursor:
-    """A cursor of a SimpleQuery: its statements are sent with the query; afterwards ``rowcount``
+    """A cursor of a PipelinedQuery: its statements are sent with the query; afterwards ``rowcount``
     adds up theirs (as executemany does) and ``fetchall`` returns their rows."""
 
     __slots__ = ("_query", "_results")
 
-    def __init__(self, query: SimpleQuery) -> None:
+    def __init__(self, query: PipelinedQuery) -> None:
         self._query = query
         self._results: list[Result] = []
 
@@ -243,7 +247,8 @@ _prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary(
 
 
 def usable(driver: Any) -> bool:
-    """Whether ``driver`` is a psycopg connection on which literals can be written as quoted here."""
+    """Whether ``driver`` is a psycopg connection that reads parameters as written here (UTF-8) and
+    the statements' own quoted constants as standard SQL."""
     pgconn = getattr(driver, "pgconn", None)
     if pgconn is None:
         return False
@@ -253,41 +258,39 @@ def usable(driver: Any) -> bool:
     )
 
 
-def run_query(driver: Any, text: str) -> list[Any]:
-    """Send ``text`` as one simple query on ``driver`` (a psycopg connection) and return every
-    statement's result (psycopg.pq.PGresult), raising psycopg's error for a failed statement.
-
-    Through psycopg's libpq interface (psycopg.pq) instead of a cursor: a cursor's execute, nextset
-    and fetchall cost 110-140 µs of CPU for a transaction of eight statements, this 50 (bench/README.md,
-    fourth session); nothing here needs what a cursor adds (parameters, row factories, scrolling)."""
-    pgconn = driver.pgconn
-    pgconn.send_query(text.encode())
-    waiting = _sent(pgconn)
-    answers: list[Any] = []
-    while (answer := _next_result(pgconn, waiting)) is not None:
-        answers.append(answer)
-    _raise_first_failure(driver, answers)
-    return answers
+# One statement of a query: a PREPAREd one's name, or a statement's own text; its parameters or None.
+Statement = tuple[bytes | None, bytes | None, list[bytes | None] | None]
+MAX_PARAMETERS = 65_535  # in one statement, PostgreSQL's limit
 
 
-def prepare_each(driver: Any, templates: Sequence[Template]) -> None:
-    """PREPARE each template on ``driver`` by the protocol's own Parse message, all in one round trip
-    (libpq's pipeline mode), before the query that EXECUTEs them.
+def run_pipeline(driver: Any, preparing: Sequence[Template], statements: Sequence[Statement]) -> list[Any]:
+    """PREPARE ``preparing`` and run ``statements`` on ``driver`` (a psycopg connection) in one round
+    trip, in libpq's pipeline mode; return every statement's result (psycopg.pq.PGresult), raising
+    psycopg's error for the first that failed (those after it did not run).
 
-    Not as PREPARE statements in that query: PostgreSQL keeps with a statement PREPAREd there the
-    whole query string it came in, payloads and all, and copies it on every EXECUTE (a replay's first
-    batch is megabytes: 55 % of PostgreSQL's CPU went to that copy, bench/README.md, fifth session)."""
+    Each PREPARE is the protocol's own Parse message, not a PREPARE statement: PostgreSQL keeps with a
+    statement PREPAREd by SQL the whole query string it came in, and copied it on every EXECUTE (55 %
+    of its CPU in a replay, bench/README.md, fifth session). Values go as parameters, never written
+    into the text: PostgreSQL's SQL lexer spent a fifth of its CPU reading them back out of literals
+    (sixth session). Through psycopg's libpq interface (psycopg.pq) instead of a cursor: a cursor's
+    execute, nextset and fetchall cost twice the CPU for a transaction of eight statements (fourth
+    session); nothing here needs what a cursor adds."""
     pgconn = driver.pgconn
     pgconn.enter_pipeline_mode()
     answers: list[Any] = []
     try:
-        for template in templates:
+        for template in preparing:
             pgconn.send_prepare(template.name.encode(), template.numbered.encode())
+        for name, text, params in statements:
+            if name is not None:
+                pgconn.send_query_prepared(name, params)
+            else:
+                pgconn.send_query_params(text, params)
         pgconn.pipeline_sync()
         waiting = _sent(pgconn)
         while True:
             answer = _next_result(pgconn, waiting)
-            if answer is None:  # the end of one Parse's answers
+            if answer is None:  # the end of one statement's answers
                 continue
             if answer.status == _PIPELINE_SYNC:
                 break
@@ -300,6 +303,7 @@ def prepare_each(driver: Any, templates: Sequence[Template]) -> None:
         raise
     pgconn.exit_pipeline_mode()
     _raise_first_failure(driver, answers)
+    return answers[len(preparing) :]
 
 
 def _sent(pgconn: Any) -> select.poll:
@@ -336,7 +340,7 @@ def _row_loader(driver: Any) -> Any:
     return Transformer(driver)
 
 
-class SimpleQuery:
+class PipelinedQuery:
     """Statements collected, then sent in one query by ``send``; each ``add`` returns the Result
     that ``send`` fills in. Used inside ``transaction``, which owns BEGIN, COMMIT and ROLLBACK.
 
@@ -353,7 +357,7 @@ class SimpleQuery:
             with _templates_lock:
                 self._known = _prepared.setdefault(driver, set())
         self._forget_prepared = False
-        self._parts: list[str] = []
+        self._parts: list[Statement] = []
         self._results: list[Result | None] = []  # one per part, None for BEGIN and the like
         self._executed: dict[str, Template] = {}  # the statements EXECUTEd by the parts, by name
 
@@ -364,22 +368,38 @@ class SimpleQuery:
         return self.cursor().execute(sql, params)
 
     def command(self, text: str) -> None:
-        """A statement whose answer nobody reads (BEGIN, COMMIT)."""
-        self._parts.append(text)
+        """A statement without parameters whose answer nobody reads (BEGIN, COMMIT)."""
+        self._parts.append((None, text.encode(), None))
         self._results.append(None)
 
     def add(self, sql: str, params: Any) -> Result:
         result = Result()
         if params is None:
-            self._parts.append(sql)
+            self._parts.append((None, sql.encode(), None))
         else:
             template = template_of(sql)
-            prepared = self._prepared(template)
-            self._parts.append(template.execute(params) if prepared else template.inline(params))
+            values = template.parameters(params)
+            if self._prepared(template):
+                self._parts.append((template.name_bytes, None, values))
+            else:  # the unnamed statement: planned for these values
+                self._parts.append((None, template.numbered_bytes, values))
         self._results.append(result)
         return result
 
-    def adopt(self, written: SimpleQuery) -> None:
+    def insert_values(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``head`` (``INSERT INTO t (a, b)``) with ``VALUES`` for each of ``rows``, in as few
+        statements as PostgreSQL takes parameters for; nobody reads their answer."""
+        if not rows:
+            return
+        width = len(rows[0])
+        per_statement = max(1, MAX_PARAMETERS // width)
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            values = [parameter(value) for row in chunk for value in row]
+            self._parts.append((None, _values_text(head, width, len(chunk)), values))
+            self._results.append(None)
+
+    def adopt(self, written: PipelinedQuery) -> None:
         """Take the statements of ``written`` (a query written without a connection, in a transaction
         as this one is) after those added so far; their Results are filled in by this query's send."""
         if written.in_block != self.in_block:
@@ -404,23 +424,21 @@ class SimpleQuery:
         return True
 
     def send(self) -> None:
-        """Send what was added as one query and read every statement's answer."""
+        """Send what was added in one round trip and read every statement's answer."""
         if not self._parts:
             return
         if self.driver is None:
             raise RuntimeError("a query written without a connection is sent by the one adopting it")
-        text = ";\n".join(self._parts)
-        results = self._results
+        parts, results = self._parts, self._results
         preparing = [template for name, template in self._executed.items() if name not in self._known]
         self._parts, self._results, self._executed = [], [], {}
-        if preparing:
-            try:
-                prepare_each(self.driver, preparing)
-            except BaseException:
-                self._forget_prepared = True  # those before the failing one stay: ask which
-                raise
-            self._known.update(template.name for template in preparing)
-        answers = run_query(self.driver, text)
+        try:
+            answers = run_pipeline(self.driver, preparing, parts)
+        except BaseException:
+            if preparing:
+                self._forget_prepared = True  # those before a failure stay: ask which
+            raise
+        self._known.update(template.name for template in preparing)
         if len(answers) != len(results):
             raise RuntimeError("PostgreSQL gave fewer answers than the query had statements")
         loader = None
@@ -453,15 +471,15 @@ class SimpleQuery:
 
 
 @contextmanager
-def transaction(driver: Any, *, begin: bool = True) -> Iterator[SimpleQuery]:
-    """A transaction of SimpleQuery sends on ``driver`` (a psycopg connection not in a transaction):
+def transaction(driver: Any, *, begin: bool = True) -> Iterator[PipelinedQuery]:
+    """A transaction of PipelinedQuery sends on ``driver`` (a psycopg connection not in a transaction):
     BEGIN goes with the first statements, the caller ends with ``command("COMMIT")`` in its last
     send; if anything raises before, the transaction is rolled back here. The connection is in
     autocommit mode meanwhile, so that psycopg does not send a BEGIN of its own first. Without
     ``begin``, the one statement sent is its own transaction (PostgreSQL's implicit one)."""
     was_autocommit = driver.autocommit
     driver.autocommit = True
-    query = SimpleQuery(driver, in_block=begin)
+    query = PipelinedQuery(driver, in_block=begin)
     if begin:
         query.command("BEGIN")
     try:
