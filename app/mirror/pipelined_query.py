@@ -74,7 +74,7 @@ class Template:
 
     def __init__(self, sql: str, number: int) -> None:
         self.name = f"{_PREFIX}{number}"
-        names: list[str] = []  # each parameter once, in $n order (positional: "0", "1", ...)
+        names: dict[str, int] = {}  # each parameter once, in $n order (positional: "0", "1", ...)
         occurrences: list[int] = []  # which parameter each placeholder is, in order
         text_parts = [""]  # the SQL between placeholders (%% already made %)
         start = 0
@@ -90,9 +90,7 @@ class Template:
                 positional += 1
             else:
                 name = match[1]
-            if name not in names:
-                names.append(name)
-            occurrences.append(names.index(name))
+            occurrences.append(names.setdefault(name, len(names)))
             text_parts.append("")
         text_parts[-1] += sql[start:]
         if positional and positional != len(occurrences):
@@ -189,11 +187,10 @@ def parameter(value: Any) -> bytes | None:
     return text.encode()
 
 
-@lru_cache(maxsize=64)
-def _values_text(head: str, width: int, rows: int) -> bytes:
-    numbers = iter(range(1, width * rows + 1))
-    rows_text = ",".join("(" + ",".join(f"${next(numbers)}" for _ in range(width)) + ")" for _ in range(rows))
-    return f"{head} VALUES {rows_text}".encode()
+@lru_cache(maxsize=256)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    row = "(" + ", ".join(["%s"] * width) + ")"
+    return f"{head} VALUES {', '.join([row] * rows)}"
 
 
 def _array_element(value: Any) -> str:
@@ -261,6 +258,7 @@ def usable(driver: Any) -> bool:
 # One statement of a query: a PREPAREd one's name, or a statement's own text; its parameters or None.
 Statement = tuple[bytes | None, bytes | None, list[bytes | None] | None]
 MAX_PARAMETERS = 65_535  # in one statement, PostgreSQL's limit
+MAX_VALUES_ROWS = 512  # in one INSERT of insert_values
 
 
 def run_pipeline(driver: Any, preparing: Sequence[Template], statements: Sequence[Statement]) -> list[Any]:
@@ -387,16 +385,25 @@ class PipelinedQuery:
         return result
 
     def insert_values(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
-        """``head`` (``INSERT INTO t (a, b)``) with ``VALUES`` for each of ``rows``, in as few
-        statements as PostgreSQL takes parameters for; nobody reads their answer."""
+        """``head`` (``INSERT INTO t (a, b)``) with ``VALUES`` for each of ``rows``; nobody reads
+        their answer. In statements of a power of two rows each (37 rows: 32, 4 and 1), so that a
+        connection PREPAREs a few statements, each parsed and planned once, whatever the number of
+        rows (PostgreSQL keeps about 3 KiB of plan per row of such a statement)."""
         if not rows:
             return
         width = len(rows[0])
-        per_statement = max(1, MAX_PARAMETERS // width)
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
+        largest = 1 << min(MAX_VALUES_ROWS, MAX_PARAMETERS // width).bit_length() - 1
+        start = 0
+        while start < len(rows):
+            count = min(largest, 1 << (len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + count]
+            start += count
+            template = template_of(_values_sql(head, width, count))
             values = [parameter(value) for row in chunk for value in row]
-            self._parts.append((None, _values_text(head, width, len(chunk)), values))
+            if self._prepared(template):
+                self._parts.append((template.name_bytes, None, values))
+            else:
+                self._parts.append((None, template.numbered_bytes, values))
             self._results.append(None)
 
     def adopt(self, written: PipelinedQuery) -> None:

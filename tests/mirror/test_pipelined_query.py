@@ -115,6 +115,8 @@ def test_a_template_numbers_each_name_once_and_keeps_literal_percent_signs() -> 
     assert positional.parameters(["x", 3]) == [b"x", b"3"]
     with pytest.raises(ValueError, match="2 parameters expected"):
         positional.parameters(["x"])
+    many = pipelined_query.template_of("SELECT " + ", ".join(["%s"] * 6000))  # (an INSERT of many rows)
+    assert len(many.names) == 6000 and many.numbered.endswith("$5999, $6000")
 
 
 def _fail_in_the_query(query: pipelined_query.PipelinedQuery) -> None:
@@ -329,3 +331,27 @@ def test_a_query_longer_than_the_sockets_buffers_is_sent_whole(
         answer = query.execute("SELECT length(%s), md5(%s)", [text, text])
         query.send()
     assert answer.fetchall() == [(len(text), hashlib.md5(text.encode()).hexdigest())]
+
+
+@pytest.mark.postgres
+def test_rows_go_in_statements_of_powers_of_two_each_prepared_once(
+    connection: psycopg.Connection[Any],
+) -> None:
+    """37 rows as 32, 4 and 1: whatever the number of rows of a batch, a connection PREPAREs only a
+    few statements (PostgreSQL keeps about 3 KiB of plan per row of each)."""
+    connection.execute("CREATE TEMPORARY TABLE pipelined_rows (n bigint PRIMARY KEY, t text)")
+    head = "INSERT INTO pipelined_rows (n, t)"
+    start = 0
+    for count in (37, 36, 33, 1):  # as they were: four statements of four sizes
+        with pipelined_query.transaction(connection) as query:
+            query.insert_values(head, [(start + n, f"it's row {n}") for n in range(count)])
+            query.command("COMMIT")
+            query.send()
+        start += count
+    stored = connection.execute("SELECT n, t FROM pipelined_rows ORDER BY n").fetchall()
+    assert [n for n, _ in stored] == list(range(start))
+    assert stored[-1] == (start - 1, "it's row 0")
+    prepared = connection.execute(
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO pipelined\\_rows%'"
+    ).fetchone()
+    assert prepared == (3,)  # of 32, 4 and 1 rows
