@@ -23,7 +23,7 @@ def json_text(value: Any) -> str:
 def driver_json_text(value: Any) -> str:
     """The JSON text a driver's JSON wrapper (psycopg's ``Json``: ``obj`` and an optional ``dumps``)
     sends for its value, for statements that carry it as text instead (a bulk upsert's rows, a
-    literal in a simple query)."""
+    parameter of a pipelined query)."""
     if hasattr(value, "obj"):
         dumps = getattr(value, "dumps", None) or json_text
         text: str = dumps(value.obj)

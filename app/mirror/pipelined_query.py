@@ -57,7 +57,8 @@ _SOURCE = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 
 
 class Template:
-    """A statement with placeholders, ready to be PREPAREd and EXECUTEd with quoted values."""
+    """A statement with placeholders, numbered ($1, $2, ...) to be PREPAREd or sent with its values
+    as parameters."""
 
     __slots__ = (
         "keyed",
@@ -66,10 +67,8 @@ class Template:
         "names",
         "numbered",
         "numbered_bytes",
-        "occurrences",
         "positional",
         "preparable",
-        "text_parts",
     )
 
     def __init__(self, sql: str, number: int) -> None:
@@ -97,8 +96,6 @@ class Template:
             raise ValueError("a statement mixes %s and %(name)s placeholders")
         self.positional = positional > 0
         self.names = tuple(names)
-        self.occurrences = tuple(occurrences)
-        self.text_parts = tuple(text_parts)
         numbered = [text_parts[0]]
         for index, after in zip(occurrences, text_parts[1:], strict=True):
             numbered.append(f"${index + 1}{after}")
@@ -278,7 +275,7 @@ def run_pipeline(driver: Any, preparing: Sequence[Template], statements: Sequenc
     answers: list[Any] = []
     try:
         for template in preparing:
-            pgconn.send_prepare(template.name.encode(), template.numbered.encode())
+            pgconn.send_prepare(template.name_bytes, template.numbered_bytes)
         for name, text, params in statements:
             if name is not None:
                 pgconn.send_query_prepared(name, params)
