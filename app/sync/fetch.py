@@ -106,7 +106,7 @@ def _limiter(max_rps: float) -> Limiter:
     return Limiter(rates, buffer_ms=LIMITER_BUFFER_MS)
 
 
-def _worth_backing_off(exc: Exception) -> bool:
+def _worth_backing_off(exc: BaseException) -> bool:
     """What the SDK's own quick retries leave to us, to retry after seconds rather than half-seconds:
     a rate-limited 429 (the SDK never retries one), a connection still failing, and a 5xx or 409
     still answered after the SDK's retries, unless Stripe said not to retry it."""
