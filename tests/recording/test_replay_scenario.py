@@ -194,10 +194,10 @@ def test_a_replay_leaves_objects_frozen_by_others_frozen() -> None:
         assert gc.get_freeze_count() > 0 and not gc.isenabled()
     assert gc.get_freeze_count() == 0 and gc.isenabled()
     gc.freeze()
-    frozen = gc.get_freeze_count()
     try:
         with _cyclic_gc_paused():
             pass
-        assert gc.get_freeze_count() == frozen
+        # Not the exact count: a frozen object that another test's thread frees meanwhile leaves it.
+        assert gc.get_freeze_count() > 0  # unfrozen, it would be 0
     finally:
         gc.unfreeze()
