@@ -39,14 +39,14 @@ _TUPLES_OK = 2  # libpq's PGRES_TUPLES_OK: a statement that returned rows
 _FATAL_ERROR = 7  # libpq's PGRES_FATAL_ERROR: the statement failed (and the rest did not run)
 _PIPELINE_SYNC = 10  # libpq's PGRES_PIPELINE_SYNC: the end of a pipeline's answers
 # Statements PREPAREd at most (the first made in the process); past it (it never is: statements are
-# compiled per shape of row, a few hundred at most) the values are written into the statement itself.
+# compiled per shape of row, a few hundred at most) a statement goes as the unnamed one, planned each time.
 MAX_PREPARED = 2000
 # Sent once in a transaction before its first keyed statement: every plan made for one in it, the
 # generic plan kept for the connection included, reads through the index (SET LOCAL ends with it).
 KEEP_TO_INDEXES = "SET LOCAL enable_seqscan = off"
 # Only statements with one possible plan are PREPAREd: inserts of values or of a JSON document's rows
 # (upserts go through their conflict index). A statement that scans (the lookup of stored events, a
-# DELETE or UPDATE of an invoice's children) gets its values written in and is planned for them: a
+# DELETE or UPDATE of an invoice's children) goes as the unnamed statement, planned for its values: a
 # generic plan made while a table was empty kept scanning it whole as it grew (a receiver's
 # PostgreSQL CPU per event rose from 0.2 to 6 ms over 50,000 events). An INSERT may come as the
 # statement's own WITH queries ("WITH name AS (INSERT ...) ..."), which it may read FROM. The one
@@ -354,7 +354,7 @@ class PipelinedQuery:
         self._forget_prepared = False
         self._parts: list[Statement] = []
         self._results: list[Result | None] = []  # one per part, None for BEGIN and the like
-        self._executed: dict[str, Template] = {}  # the statements EXECUTEd by the parts, by name
+        self._executed: dict[str, Template] = {}  # the PREPAREd statements the parts run, by name
 
     def cursor(self) -> DeferredCursor:
         return DeferredCursor(self)
@@ -373,11 +373,7 @@ class PipelinedQuery:
             self._parts.append((None, sql.encode(), None))
         else:
             template = template_of(sql)
-            values = template.parameters(params)
-            if self._prepared(template):
-                self._parts.append((template.name_bytes, None, values))
-            else:  # the unnamed statement: planned for these values
-                self._parts.append((None, template.numbered_bytes, values))
+            self._parts.append(self._statement(template, template.parameters(params)))
         self._results.append(result)
         return result
 
@@ -395,12 +391,8 @@ class PipelinedQuery:
             count = min(largest, 1 << (len(rows) - start).bit_length() - 1)
             chunk = rows[start : start + count]
             start += count
-            template = template_of(_values_sql(head, width, count))
             values = [parameter(value) for row in chunk for value in row]
-            if self._prepared(template):
-                self._parts.append((template.name_bytes, None, values))
-            else:
-                self._parts.append((None, template.numbered_bytes, values))
+            self._parts.append(self._statement(template_of(_values_sql(head, width, count)), values))
             self._results.append(None)
 
     def adopt(self, written: PipelinedQuery) -> None:
@@ -413,6 +405,13 @@ class PipelinedQuery:
         self._executed.update(written._executed)
         self._kept_to_indexes = self._kept_to_indexes or written._kept_to_indexes
         written._parts, written._results, written._executed = [], [], {}
+
+    def _statement(self, template: Template, values: list[bytes | None]) -> Statement:
+        """``template`` with ``values``: run by name when PREPAREd, else as the unnamed statement,
+        planned for these values."""
+        if self._prepared(template):
+            return (template.name_bytes, None, values)
+        return (None, template.numbered_bytes, values)
 
     def _prepared(self, template: Template) -> bool:
         """Whether ``template`` runs PREPAREd (it is, or will be when the query is sent)."""
