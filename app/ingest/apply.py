@@ -26,12 +26,15 @@ from typing import Any, NamedTuple
 from app.mirror import pipelined_query
 from app.mirror.outcome import Outcome
 from app.mirror.writes import (
+    KEYED_STATEMENTS,
     Queued,
     Write,
+    coalesced,
     execute_writes,
     execute_writes_of_events,
     queue_writes_of_events,
     row_counts,
+    run_write,
 )
 
 # Hand-written back-off, not a retry library: this runs in the SQLite writer child, which loads only
@@ -342,6 +345,8 @@ def _apply_optimistically(
                 query.send()
             (outcome,) = answer.fetchall()[0]
             return [IngestResult(events[0].id, Outcome(outcome))]
+        if _lone_event_with_writes(events):
+            return [_apply_lone_event(driver, events[0])]
         with pipelined_query.transaction(driver) as query:
             return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
 
@@ -381,14 +386,16 @@ def _stored_with_its_write(events: Sequence[PlannedEvent]) -> tuple[str, dict[st
         return None
     if not pipelined_query.template_of(write_sql).preparable:  # (an INSERT that reads no table)
         return None
-    named = dict(params)
-    for position, value in enumerate(planned.row):
-        named[f"{_CHANGED}_{position}"] = value
-    return _store_with_write_sql(write_sql), named
+    return _store_with_write_sql(write_sql), {**params, **_event_row_params(planned)}
 
 
 # What the one statement of _stored_with_its_write calls its write (and its event row's parameters).
 _CHANGED = "billing_mirror_changed"
+
+
+def _event_row_params(planned: PlannedEvent) -> dict[str, Any]:
+    """The planned columns of the event's stripe_events row, by their parameter names."""
+    return {f"{_CHANGED}_{position}": value for position, value in enumerate(planned.row)}
 
 
 @lru_cache(maxsize=256)
@@ -402,6 +409,78 @@ def _store_with_write_sql(write_sql: str) -> str:
         f" CASE WHEN EXISTS (SELECT FROM {changed}) THEN '{Outcome.APPLIED.value}'"
         f" ELSE '{Outcome.STALE.value}' END, 1, NULL) RETURNING outcome"
     )
+
+
+# A transaction-local setting (it ends with the transaction) that a write of a lone event which
+# changed a row sets, so that the event's stripe_events row takes its outcome in the same round trip.
+_CHANGED_SETTING = "billing_mirror.changed_a_row"
+
+
+def _lone_event_with_writes(events: Sequence[PlannedEvent]) -> bool:
+    """A batch of one event whose writes can tell in SQL whether they changed a row (none returns
+    rows of its own)."""
+    if len(events) != 1:
+        return False
+    planned = events[0]
+    if planned.dead_letter is not None or planned.error is not None or planned.after or not planned.writes:
+        return False
+    return not any(" RETURNING " in write_sql for write_sql, _, _ in planned.writes)
+
+
+@lru_cache(maxsize=512)
+def _flagging_sql(write_sql: str) -> str:
+    """``write_sql`` setting _CHANGED_SETTING when it changes a row (PREPAREd as it would be)."""
+    flagging = (
+        f"WITH {_CHANGED} AS ({write_sql} RETURNING 1)"
+        f" SELECT set_config('{_CHANGED_SETTING}', 'yes', true) WHERE EXISTS (SELECT FROM {_CHANGED})"
+    )
+    if write_sql in KEYED_STATEMENTS:
+        KEYED_STATEMENTS.add(flagging)
+    return flagging
+
+
+@lru_cache(maxsize=1)
+def _store_flagged_sql() -> str:
+    """The stripe_events row of a lone event: applied when one of its writes changed a row, else stale."""
+    planned = ", ".join(f"%({_CHANGED}_{position})s" for position in range(SOURCE + 1))
+    return (
+        f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})"
+        f" VALUES ({planned}, %({_CHANGED}_{RECEIVED_AT})s,"
+        f" CASE WHEN current_setting('{_CHANGED_SETTING}', true) = 'yes' THEN '{Outcome.APPLIED.value}'"
+        f" ELSE '{Outcome.STALE.value}' END, 1, NULL) RETURNING outcome"
+    )
+
+
+class _FlaggingCursor:
+    """A cursor of a PipelinedQuery whose statements set _CHANGED_SETTING when they change a row."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: pipelined_query.DeferredCursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self._cursor.execute(_flagging_sql(sql), params)
+
+    def executemany(self, sql: str, params_seq: Sequence[Any]) -> None:
+        for params in params_seq:
+            self.execute(sql, params)
+
+
+def _apply_lone_event(driver: Any, planned: PlannedEvent) -> IngestResult:
+    """A batch of one event with several writes in one round trip, BEGIN and COMMIT included (as
+    deliveries come one at a time): a write that changes a row sets a setting of the transaction,
+    from which the event's row takes its outcome. Like the first pass of
+    ``_apply_in_two_queries``, as if the event were not stored yet: if it was, its INSERT fails."""
+    with pipelined_query.transaction(driver) as query:
+        flagging = _FlaggingCursor(query.cursor())
+        for write in coalesced(planned.writes):
+            run_write(flagging, *write)
+        answer = query.execute(_store_flagged_sql(), _event_row_params(planned))
+        query.command("COMMIT")
+        query.send()
+    (outcome,) = answer.fetchall()[0]
+    return IngestResult(planned.id, Outcome(outcome))
 
 
 def _apply_in_two_queries(

@@ -63,7 +63,9 @@ FOOTPRINTS: dict[str, Callable[[Any], Iterable[Hashable]]] = {}
 KEYED_STATEMENTS: set[str] = set()
 
 
-def _run(cursor: Any, sql: str, params: Any, many: bool) -> None:
+def run_write(cursor: Any, sql: str, params: Any, many: bool) -> None:
+    """One planned write on ``cursor``: several rows as one statement through their bulk form when
+    the statement has one, else executemany."""
     if many:
         bulk = BULK_FORMS.get(sql) if len(params) > 1 else None
         arrays = bulk.params(params) if bulk is not None else None
@@ -114,7 +116,7 @@ def execute_writes(driver: Any, writes: Sequence[Write]) -> int:
     changed = 0
     for sql, params, many in coalesced(writes):
         cursor = driver.cursor()
-        _run(cursor, sql, params, many)
+        run_write(cursor, sql, params, many)
         changed += cursor.rowcount
     return changed
 
@@ -145,7 +147,7 @@ class Queued:
 
     def send(self, driver: Any, event: int, write: Write) -> None:
         cursor = driver.cursor()
-        _run(cursor, *write)
+        run_write(cursor, *write)
         self.cursors[event].append(cursor)
 
     def changes(self) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -18,7 +19,20 @@ from app.ingest.store import EventStore
 from app.mirror.dispatch import apply_event
 from app.mirror.envelope import Event, parse_event
 from app.mirror.writes import Writes
-from tests.support import ITEM_TEMPLATE, POSTGRESQL, fails_for, item_event, items, make_event, stored
+from tests.support import (
+    ITEM_TEMPLATE,
+    POSTGRESQL,
+    T0,
+    encode,
+    fails_for,
+    item_event,
+    items,
+    load_fixture,
+    make_event,
+    one,
+    stored,
+    stored_event,
+)
 
 
 def test_a_failing_handler_leaves_its_event_failed_and_its_neighbours_applied(engine: Engine) -> None:
@@ -224,6 +238,64 @@ def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine) 
         changes = execute_writes_of_events(Observed(driver), [p.writes for p in planned])
     assert changes == [1, 1, 1, 1, 0]
     assert syncs == [1]
+
+
+def test_a_lone_event_with_several_writes_takes_one_round_trip_and_its_outcome(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries mostly come one at a time: an invoice's writes (the invoice, its lines, the lines
+    it no longer has) and its stripe_events row go in one round trip on PostgreSQL, the row taking
+    its outcome from whether a write changed a row; applied, stale, duplicate and failed as ever."""
+    from app.mirror import pipelined_query
+
+    round_trips: list[int] = []
+    real_run_pipeline = pipelined_query.run_pipeline
+
+    def counted(*args: Any) -> Any:
+        round_trips.append(1)
+        return real_run_pipeline(*args)
+
+    monkeypatch.setattr(pipelined_query, "run_pipeline", counted)
+    invoice = load_fixture("billing/invoice.created.json")["data"]["object"]
+    newer = copy.deepcopy(invoice)
+    newer["lines"]["data"] = newer["lines"]["data"][:1]  # one line removed from the draft
+    newer["description"] = "newer"
+    store = EventStore(engine)
+
+    def ingest_alone(obj: dict[str, Any], event_id: str, created: int) -> tuple[str, bool]:
+        round_trips.clear()
+        event = parse_event(encode(make_event("invoice.updated", obj, event_id=event_id, created=created)))
+        assert len(store.plan([event])[0].writes) > 1
+        (result,) = store.ingest([event])
+        assert result.outcome == stored(engine)[event_id][0]
+        return result.outcome, result.duplicate
+
+    assert ingest_alone(invoice, "evt_lone_1", T0) == ("applied", False)
+    assert ingest_alone(newer, "evt_lone_3", T0 + 20) == ("applied", False)
+    if engine.dialect.name == "postgresql":
+        assert round_trips == [1]
+    older = dict(newer, description="older")
+    assert ingest_alone(older, "evt_lone_2", T0 + 10) == ("stale", False)  # older than the mirror's
+    assert ingest_alone(newer, "evt_lone_3", T0 + 20) == ("applied", True)
+    assert one(engine, "invoices", id=invoice["id"])["last_event_id"] == "evt_lone_3"
+    assert stored_event(engine, "evt_lone_2")["processed_at"] is not None  # type: ignore[index]
+    with engine.connect() as connection:
+        lines = connection.execute(
+            text("SELECT id FROM invoice_line_items WHERE invoice = :id"), {"id": invoice["id"]}
+        ).all()
+    assert [line.id for line in lines] == [newer["lines"]["data"][0]["id"]]
+
+    def refused_write(writes: Writes, event: Event) -> None:
+        apply_event(writes, event)
+        writes.add("INSERT INTO invoice_line_sets (invoice) VALUES (NULL)", ())  # NOT NULL
+
+    failing = dict(newer, description="never stored")
+    event = parse_event(
+        encode(make_event("invoice.updated", failing, event_id="evt_lone_4", created=T0 + 30))
+    )
+    (result,) = EventStore(engine, apply=refused_write).ingest([event])
+    assert (result.outcome, stored(engine)["evt_lone_4"][0]) == ("failed", "failed")
+    assert one(engine, "invoices", id=invoice["id"])["last_event_id"] == "evt_lone_3"
 
 
 def test_several_writer_threads_share_the_work_and_answer_every_event(engine: Engine) -> None:
