@@ -452,15 +452,16 @@ def _store_flagged_sql() -> str:
 
 
 class _FlaggingCursor:
-    """A cursor of a PipelinedQuery whose statements set _CHANGED_SETTING when they change a row."""
+    """A cursor of a PipelinedQuery whose statements set _CHANGED_SETTING when they change a row;
+    what they return is not read."""
 
-    __slots__ = ("_cursor",)
+    __slots__ = ("_query",)
 
-    def __init__(self, cursor: pipelined_query.DeferredCursor) -> None:
-        self._cursor = cursor
+    def __init__(self, query: pipelined_query.PipelinedQuery) -> None:
+        self._query = query
 
     def execute(self, sql: str, params: Any = None) -> None:
-        self._cursor.execute(_flagging_sql(sql), params)
+        self._query.add_unread(_flagging_sql(sql), params)
 
     def executemany(self, sql: str, params_seq: Sequence[Any]) -> None:
         for params in params_seq:
@@ -473,7 +474,7 @@ def _apply_lone_event(driver: Any, planned: PlannedEvent) -> IngestResult:
     from which the event's row takes its outcome. Like the first pass of
     ``_apply_in_two_queries``, as if the event were not stored yet: if it was, its INSERT fails."""
     with pipelined_query.transaction(driver) as query:
-        flagging = _FlaggingCursor(query.cursor())
+        flagging = _FlaggingCursor(query)
         for write in coalesced(planned.writes):
             run_write(flagging, *write)
         answer = query.execute(_store_flagged_sql(), _event_row_params(planned))

@@ -369,13 +369,21 @@ class PipelinedQuery:
 
     def add(self, sql: str, params: Any) -> Result:
         result = Result()
+        self._add_statement(sql, params)
+        self._results.append(result)
+        return result
+
+    def add_unread(self, sql: str, params: Any) -> None:
+        """``add`` for a statement whose answer nobody reads: its rows are not even loaded."""
+        self._add_statement(sql, params)
+        self._results.append(None)
+
+    def _add_statement(self, sql: str, params: Any) -> None:
         if params is None:
             self._parts.append((None, sql.encode(), None))
         else:
             template = template_of(sql)
             self._parts.append(self._statement(template, template.parameters(params)))
-        self._results.append(result)
-        return result
 
     def insert_values(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
         """``head`` (``INSERT INTO t (a, b)``) with ``VALUES`` for each of ``rows``; nobody reads
