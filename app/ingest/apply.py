@@ -433,13 +433,19 @@ def _event_row_params(planned: PlannedEvent) -> dict[str, Any]:
 
 @lru_cache(maxsize=256)
 def _store_with_write_sql(write_sql: str) -> str:
-    changed = _CHANGED
-    planned = ", ".join(f"%({changed}_{position})s" for position in range(SOURCE + 1))
+    return f"WITH {_CHANGED} AS ({write_sql} RETURNING 1) " + _lone_event_row_sql(
+        f"EXISTS (SELECT FROM {_CHANGED})"
+    )
+
+
+def _lone_event_row_sql(changed_a_row: str) -> str:
+    """The INSERT of a lone event's stripe_events row (``_event_row_params``), applied when the SQL
+    condition ``changed_a_row`` holds, else stale; it returns the outcome."""
+    planned = ", ".join(f"%({_CHANGED}_{position})s" for position in range(SOURCE + 1))
     return (
-        f"WITH {changed} AS ({write_sql} RETURNING 1)"
-        f" INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})"
-        f" VALUES ({planned}, %({changed}_{RECEIVED_AT})s,"  # processed when received (not failed)
-        f" CASE WHEN EXISTS (SELECT FROM {changed}) THEN '{Outcome.APPLIED.value}'"
+        f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})"
+        f" VALUES ({planned}, %({_CHANGED}_{RECEIVED_AT})s,"  # processed when received (not failed)
+        f" CASE WHEN {changed_a_row} THEN '{Outcome.APPLIED.value}'"
         f" ELSE '{Outcome.STALE.value}' END, 1, NULL) RETURNING outcome"
     )
 
@@ -475,13 +481,7 @@ def _flagging_sql(write_sql: str) -> str:
 @lru_cache(maxsize=1)
 def _store_flagged_sql() -> str:
     """The stripe_events row of a lone event: applied when one of its writes changed a row, else stale."""
-    planned = ", ".join(f"%({_CHANGED}_{position})s" for position in range(SOURCE + 1))
-    return (
-        f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})"
-        f" VALUES ({planned}, %({_CHANGED}_{RECEIVED_AT})s,"
-        f" CASE WHEN current_setting('{_CHANGED_SETTING}', true) = 'yes' THEN '{Outcome.APPLIED.value}'"
-        f" ELSE '{Outcome.STALE.value}' END, 1, NULL) RETURNING outcome"
-    )
+    return _lone_event_row_sql(f"current_setting('{_CHANGED_SETTING}', true) = 'yes'")
 
 
 class _FlaggingCursor:
