@@ -262,13 +262,11 @@ def apply_optimistically(
 
     On PostgreSQL (app.mirror.pipelined_query) and with ``speculate``, the batch takes two round trips,
     BEGIN and COMMIT included, and no SELECT: the writes of every event of the batch, as if none
-    were stored yet (the usual case), and step 3, its INSERT without ON CONFLICT and its rows as if
-    every write changed a row; then the events whose writes changed none marked stale, with the
-    COMMIT (a lone event takes one round trip: ``_apply_lone_event``). If an event of the batch was
-    stored before (or meanwhile, by another receiver, whose transaction this INSERT waits for), the
-    INSERT fails on stripe_events' primary key and StoredBefore propagates: the caller rolls back
-    and calls again without ``speculate``. That pass's first query may come written ``ahead``
-    (``write_ahead`` of these events in this order).
+    were stored yet (the usual case); then step 3 together with the COMMIT, its INSERT without ON
+    CONFLICT. If an event of the batch was stored before (or meanwhile, by another receiver, whose
+    transaction this INSERT waits for), the INSERT fails on stripe_events' primary key and
+    StoredBefore propagates: the caller rolls back and calls again without ``speculate``. That pass's
+    first query may come written ``ahead`` (``write_ahead`` of these events in this order).
 
     If a statement raises for anything but the database itself, or if the INSERT stores fewer rows
     than expected (another receiver stored one of these events after step 1), RedoCarefully
@@ -304,61 +302,30 @@ def _first_seen(events: Sequence[PlannedEvent], order: Sequence[int]) -> tuple[d
     return first_seen, dead_letters
 
 
-class FirstQuery(NamedTuple):
-    """A batch's first query on PostgreSQL, written: every write as if no event were stored yet, then
-    the event rows as if every write changed a row, the dead letters and the followups."""
-
-    query: pipelined_query.PipelinedQuery
-    queued: Queued  # the writes of the events in to_apply, in turn
-    to_apply: list[int]
-    followups: Queued | None
-
-
 class WrittenAhead(NamedTuple):
-    """A batch's first query (``FirstQuery``) written by the thread that planned the batch, without a
-    connection, while the writer thread waits for the database: the writer only sends it, then the
-    COMMIT (a replay, bench/README.md, fifth and seventh sessions)."""
+    """A batch's first query on PostgreSQL (every write, as if no event were stored yet), written by
+    the thread that planned the batch while the writer thread waits for the database: the writer
+    only sends it (a replay, bench/README.md, fifth session)."""
 
     order: list[int]
-    first: FirstQuery
+    query: pipelined_query.PipelinedQuery  # written without a connection, adopted by the transaction's
+    queued: Queued
+    to_apply: list[int]
 
 
-def write_ahead(
-    events: Sequence[PlannedEvent], sql: EventSql, *, keep_order: bool = False
-) -> WrittenAhead | None:
+def write_ahead(events: Sequence[PlannedEvent], *, keep_order: bool = False) -> WrittenAhead | None:
     """The first query of the batch's speculative pass (``_apply_in_two_queries``), or None when the
     batch would not take that pass (one event, or more than MAX_SPECULATED_EVENTS)."""
     if len(events) < 2:
         return None
     order = apply_order(events, keep_order)
-    first_seen, dead_letters = _first_seen(events, order)
+    first_seen, _ = _first_seen(events, order)
     if len(first_seen) > MAX_SPECULATED_EVENTS:
         return None
-    query = pipelined_query.PipelinedQuery()
-    return WrittenAhead(order, _write_first_query(query, sql, events, order, first_seen, dead_letters))
-
-
-def _write_first_query(
-    query: pipelined_query.PipelinedQuery,
-    sql: EventSql,
-    events: Sequence[PlannedEvent],
-    order: Sequence[int],
-    first_seen: dict[str, int],
-    dead_letters: list[int],
-) -> FirstQuery:
-    """Add the batch's first query to ``query``: see FirstQuery. The event rows go in it, not with
-    the COMMIT once the writes' row counts are known, so that nothing is left to write between the
-    two round trips but the few events that turn out stale."""
     to_apply = _to_apply(events, order, first_seen, {})
+    query = pipelined_query.PipelinedQuery()
     queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
-    as_if_changed = _outcomes(events, order, first_seen, {}, dict.fromkeys(to_apply, 1))
-    if as_if_changed.new_rows:  # (nothing is re-applied here: a stored failed event fails the INSERT too)
-        sql.store_rows(query, as_if_changed.new_rows)  # an event stored meanwhile fails the INSERT
-    if dead_letters:
-        query.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
-    followups = [write for index in order for write in events[index].after]
-    queued_followups = queue_writes_of_events(query, [followups]) if followups else None
-    return FirstQuery(query, queued, to_apply, queued_followups)
+    return WrittenAhead(order, query, queued, to_apply)
 
 
 def _apply_optimistically(
@@ -517,10 +484,6 @@ def _apply_lone_event(driver: Any, planned: PlannedEvent) -> IngestResult:
     return IngestResult(planned.id, Outcome(outcome))
 
 
-# The events of a batch whose writes turned out to change no row (their rows went in as applied).
-_MARK_STALE = f"UPDATE stripe_events SET outcome = '{Outcome.STALE.value}' WHERE id = ANY(%s)"
-
-
 def _apply_in_two_queries(
     query: pipelined_query.PipelinedQuery,
     sql: EventSql,
@@ -531,25 +494,24 @@ def _apply_in_two_queries(
     ahead: WrittenAhead | None,
 ) -> list[IngestResult]:
     """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: every write, as if no
-    event were stored yet (the usual case), and the event rows, as if every write changed a row;
-    then the events that changed none marked stale, with the COMMIT."""
+    event were stored yet (the usual case), then the event rows with the COMMIT."""
     if ahead is None:
-        first = _write_first_query(query, sql, events, order, first_seen, dead_letters)
+        to_apply = _to_apply(events, order, first_seen, {})
+        queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
     else:
-        query.adopt(ahead.first.query)
-        first = ahead.first
+        query.adopt(ahead.query)
+        to_apply, queued = ahead.to_apply, ahead.queued
     query.send()
-    changes = row_counts(first.queued)
-    if first.followups is not None:
-        row_counts(first.followups)
-    outcomes = _outcomes(events, order, first_seen, {}, dict(zip(first.to_apply, changes, strict=True)))
-    stale = [
-        result.event_id
-        for result in outcomes.results
-        if result.outcome == Outcome.STALE and not result.duplicate
-    ]
-    if stale:
-        query.add_unread(_MARK_STALE, (stale,))
+    changes = row_counts(queued)
+    outcomes = _outcomes(events, order, first_seen, {}, dict(zip(to_apply, changes, strict=True)))
+    # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
+    if outcomes.new_rows:  # (nothing is re-applied here: a stored failed event fails the INSERT too)
+        sql.store_rows(query, outcomes.new_rows)
+    if dead_letters:
+        query.cursor().executemany(sql.dead_letter, [events[index].dead_letter for index in dead_letters])
+    followups = [write for index in order for write in events[index].after]
+    if followups:
+        row_counts(queue_writes_of_events(query, [followups]))
     query.command("COMMIT")
     query.send()
     return outcomes.results

@@ -172,9 +172,9 @@ class EventStore:
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-mirror-writer")
         try:
             write = partial(apply_with_recovery, self._transaction, sql, keep_order=True)
-            ahead = partial(write_ahead, sql=sql, keep_order=True)
             sent = (
-                (writer.submit(write, planned, ahead=ahead(planned)), len(planned)) for planned in batches
+                (writer.submit(write, planned, ahead=write_ahead(planned, keep_order=True)), len(planned))
+                for planned in batches
             )
             limit = POSTGRES_IN_FLIGHT_EVENTS if in_flight_events is None else in_flight_events
             yield from answers_in_order(sent, limit, lambda future, _count: future.result())

@@ -240,49 +240,6 @@ def test_on_postgresql_a_batch_sends_its_writes_in_one_pipeline(engine: Engine) 
     assert syncs == [1]
 
 
-@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
-def test_on_postgresql_a_batch_stores_its_event_rows_with_its_writes(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch's event rows go in its first round trip with its writes, as if every write changed a
-    row; the second holds the COMMIT, after the UPDATE of the events that turned out stale."""
-    from app.mirror import pipelined_query
-
-    statements_sent: list[int] = []  # in each round trip
-    real_run_pipeline = pipelined_query.run_pipeline
-
-    def observed(driver: Any, preparing: Any, statements: Any) -> Any:
-        statements_sent.append(len(statements))
-        return real_run_pipeline(driver, preparing, statements)
-
-    monkeypatch.setattr(pipelined_query, "run_pipeline", observed)
-    fresh = [item_event(f"ii_b{n}", 100 + n, event_id=f"evt_b{n}") for n in range(4)]
-    assert [r.outcome for r in EventStore(engine).ingest(fresh)] == ["applied"] * 4
-    assert statements_sent[1:] == [1]  # the COMMIT alone
-    statements_sent.clear()
-    mixed = [
-        item_event("ii_b0", 50, event_id="evt_b_old0"),
-        item_event("ii_b4", 100, event_id="evt_b4"),
-        item_event("ii_b1", 60, event_id="evt_b_old1"),
-    ]
-    mixed.append(parse_event(mixed[0].raw.encode()))  # a stale event twice
-    results = EventStore(engine).ingest(mixed, keep_order=True)
-    assert [(r.outcome, r.duplicate) for r in results] == [
-        ("stale", False),
-        ("applied", False),
-        ("stale", False),
-        ("stale", True),
-    ]
-    assert statements_sent[1:] == [2]  # the UPDATE of the stale ones, and the COMMIT
-    rows = stored(engine)
-    assert [rows[event_id][0] for event_id in ("evt_b_old0", "evt_b4", "evt_b_old1")] == [
-        "stale",
-        "applied",
-        "stale",
-    ]
-    assert items(engine)["ii_b0"] == "evt_b0"
-
-
 def test_a_lone_event_with_several_writes_takes_one_round_trip_and_its_outcome(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
