@@ -47,6 +47,31 @@ def test_stdin_and_rejections_make_the_exit_status(db_url: str) -> None:
     assert "rejected 1: not an event envelope: Event has no 'id' (e.g. <stdin>:12)" in lines[1]
 
 
+def test_a_replay_into_postgresql_takes_short_turns_on_the_gil_and_gives_them_back(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into PostgreSQL the planning thread and the writer thread take turns of 0.5 ms instead of
+    the interpreter's 5; on SQLite (whose writer is a process) the turns stay as they are."""
+    import app.cli.replay as replay_command
+
+    during: list[float] = []
+    real_replay_direct = replay_command.replay_direct
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        during.append(sys.getswitchinterval())
+        return real_replay_direct(*args, **kwargs)
+
+    monkeypatch.setattr(replay_command, "replay_direct", observed)
+    before = sys.getswitchinterval()
+    result = CliRunner().invoke(
+        cli, ["replay", str(SCENARIO), "--direct", "--no-migrate"], env={"DATABASE_URL": db_url}
+    )
+    assert result.exit_code == 0, result.output
+    expected = before if db_url.startswith("sqlite") else replay_command.POSTGRES_REPLAY_GIL_TURN_SECONDS
+    assert during == [expected]
+    assert sys.getswitchinterval() == before
+
+
 def test_unreachable_server_is_a_rejection_not_a_crash() -> None:
     result = CliRunner().invoke(
         cli, ["replay", str(SCENARIO), "--url", "http://127.0.0.1:9", "--secret", "whsec_x", "--json"]
