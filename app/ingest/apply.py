@@ -338,15 +338,16 @@ def _apply_optimistically(
 ) -> list[IngestResult]:
     first_seen, dead_letters = _first_seen(events, order)
     if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and pipelined_query.usable(driver):
-        folded = _stored_with_its_write(events)
-        if folded is not None:
+        lone = _lone_event_with_writes(events)
+        if lone is not None:
+            folded = _stored_with_its_write(lone)
+            if folded is None:
+                return [_apply_lone_event(driver, lone)]
             with pipelined_query.transaction(driver, begin=False) as query:
                 answer = query.execute(*folded)
                 query.send()
             (outcome,) = answer.fetchall()[0]
-            return [IngestResult(events[0].id, Outcome(outcome))]
-        if _lone_event_with_writes(events):
-            return [_apply_lone_event(driver, events[0])]
+            return [IngestResult(lone.id, Outcome(outcome))]
         with pipelined_query.transaction(driver) as query:
             return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
 
@@ -369,20 +370,15 @@ def _apply_optimistically(
     return outcomes.results
 
 
-def _stored_with_its_write(events: Sequence[PlannedEvent]) -> tuple[str, dict[str, Any]] | None:
-    """A batch of one event whose one write is a single-row insert or upsert, as one statement that
-    runs the write and stores the event with its outcome (applied when the write returned a row):
-    one round trip and no BEGIN or COMMIT on PostgreSQL, as when events come one at a time. None
-    for any other batch."""
-    if len(events) != 1:
-        return None
-    planned = events[0]
-    if planned.dead_letter is not None or planned.error is not None or planned.after:
-        return None
+def _stored_with_its_write(planned: PlannedEvent) -> tuple[str, dict[str, Any]] | None:
+    """A lone event (``_lone_event_with_writes``) whose one write is a single-row insert or upsert,
+    as one statement that runs the write and stores the event with its outcome (applied when the
+    write returned a row): one round trip and no BEGIN or COMMIT on PostgreSQL. None for any other
+    (``_apply_lone_event`` takes it)."""
     if len(planned.writes) != 1:
         return None
     write_sql, params, many = planned.writes[0]
-    if many or not isinstance(params, dict) or " RETURNING " in write_sql:
+    if many or not isinstance(params, dict):
         return None
     if not pipelined_query.template_of(write_sql).preparable:  # (an INSERT that reads no table)
         return None
@@ -422,15 +418,17 @@ def _lone_event_row_sql(changed_a_row: str) -> str:
 _CHANGED_SETTING = "billing_mirror.changed_a_row"
 
 
-def _lone_event_with_writes(events: Sequence[PlannedEvent]) -> bool:
-    """A batch of one event whose writes can tell in SQL whether they changed a row (none returns
-    rows of its own)."""
+def _lone_event_with_writes(events: Sequence[PlannedEvent]) -> PlannedEvent | None:
+    """The event of a batch of one whose writes can tell in SQL whether they changed a row (none
+    returns rows of its own), as deliveries come one at a time; None for any other batch."""
     if len(events) != 1:
-        return False
+        return None
     planned = events[0]
     if planned.dead_letter is not None or planned.error is not None or planned.after or not planned.writes:
-        return False
-    return not any(" RETURNING " in write_sql for write_sql, _, _ in planned.writes)
+        return None
+    if any(" RETURNING " in write_sql for write_sql, _, _ in planned.writes):
+        return None
+    return planned
 
 
 @lru_cache(maxsize=512)
