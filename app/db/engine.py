@@ -7,7 +7,7 @@ import time
 import weakref
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, PoolProxiedConnection, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 
@@ -116,18 +116,57 @@ def _ping_unless_recently_used(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         checked_in = record.info.get(_CHECKED_IN)
-        now = time.monotonic()
-        if (
-            checked_in is not None
-            and now - checked_in < RECENT_SECONDS
-            and checked_in > _suspect_since.get(engine, -math.inf)
-        ):
+        if checked_in is not None and recently_used(engine, checked_in):
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
             # As pool_pre_ping: this connection and every one older than it are replaced.
             raise InvalidatePoolError(f"the connection failed its ping: {exc}") from exc
+
+
+def recently_used(engine: Engine, last_used: float) -> bool:
+    """Whether a connection of ``engine`` last known to work at ``last_used`` (time.monotonic()) may
+    be used without a ping: less than RECENT_SECONDS ago, and after the last mark_connections_suspect."""
+    return time.monotonic() - last_used < RECENT_SECONDS and last_used > _suspect_since.get(engine, -math.inf)
+
+
+class HeldConnection:
+    """A pooled connection of a writing engine that one thread keeps from one transaction to the
+    next (a receiver's writer, batch after batch): a checkout and a checkin per transaction were a
+    tenth of a lone delivery's writer CPU (bench/README.md, eighth session). Pinged before use when
+    the pool would ping it (``recently_used``); given back by ``release``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pooled: PoolProxiedConnection | None = None
+        self._last_used = -math.inf
+
+    def take(self) -> PoolProxiedConnection:
+        pooled = self._pooled
+        if pooled is not None and not recently_used(self.engine, self._last_used):
+            try:
+                if pooled.dbapi_connection is None:  # (invalidated)
+                    raise ConnectionError("the held connection was closed")
+                self.engine.dialect.do_ping(pooled.dbapi_connection)
+            except Exception:  # as the pool's ping: this one is replaced, the others pinged
+                pooled.invalidate()
+                mark_connections_suspect(self.engine)
+                self.release()
+                pooled = None
+        if pooled is None:
+            pooled = self._pooled = self.engine.raw_connection()
+        return pooled
+
+    def worked(self) -> None:
+        """Its transaction committed (or rolled back cleanly): kept, known good as of now."""
+        self._last_used = time.monotonic()
+
+    def release(self) -> None:
+        """Back to the pool (an invalidated one reconnects when next taken)."""
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            pooled.close()
 
 
 def mark_connections_suspect(engine: Engine) -> None:

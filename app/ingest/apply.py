@@ -391,7 +391,10 @@ _CHANGED = "billing_mirror_changed"
 
 def _event_row_params(planned: PlannedEvent) -> dict[str, Any]:
     """The planned columns of the event's stripe_events row, by their parameter names."""
-    return {f"{_CHANGED}_{position}": value for position, value in enumerate(planned.row)}
+    return dict(zip(_EVENT_ROW_NAMES, planned.row, strict=True))
+
+
+_EVENT_ROW_NAMES = tuple(f"{_CHANGED}_{position}" for position in range(SOURCE + 1))
 
 
 @lru_cache(maxsize=256)
@@ -404,7 +407,7 @@ def _store_with_write_sql(write_sql: str) -> str:
 def _lone_event_row_sql(changed_a_row: str) -> str:
     """The INSERT of a lone event's stripe_events row (``_event_row_params``), applied when the SQL
     condition ``changed_a_row`` holds, else stale; it returns the outcome."""
-    planned = ", ".join(f"%({_CHANGED}_{position})s" for position in range(SOURCE + 1))
+    planned = ", ".join(f"%({name})s" for name in _EVENT_ROW_NAMES)
     return (
         f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})"
         f" VALUES ({planned}, %({_CHANGED}_{RECEIVED_AT})s,"  # processed when received (not failed)

@@ -138,6 +138,10 @@ class GroupCommitter:
         return await self.submit(plan_refused(body, reason, message, received_now(dialect)))
 
     def _run(self) -> None:
+        with self.store.holding_a_connection():
+            self._write_batches()
+
+    def _write_batches(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()

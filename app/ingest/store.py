@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any, Protocol
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import Dialect, Engine
 from sqlalchemy.orm import Session
 
-from app.db.engine import mark_connections_suspect, sqlite_path
+from app.db.engine import HeldConnection, mark_connections_suspect, sqlite_path
 from app.db.models import StripeEvent
 from app.ingest.apply import (
     DatabaseUnavailable,
@@ -50,6 +50,10 @@ class Ingests(Protocol):
     """What the group committer needs: EventStore, or WriterProcessStore on SQLite."""
 
     def ingest(self, events: Sequence[Event | PlannedEvent], *, keep_order: bool = False) -> Results: ...
+
+    def holding_a_connection(self) -> AbstractContextManager[None]:
+        """Meanwhile this thread's batches share one connection (a writer thread's whole life)."""
+        ...
 
     @property
     def commits(self) -> int: ...
@@ -99,6 +103,7 @@ class EventStore:
         self.apply = apply
         self.commits = 0  # transactions committed (group commit makes them far fewer than events)
         self._commits_lock = threading.Lock()  # several writer threads may commit at once
+        self._held = threading.local()  # .connection: this thread's HeldConnection, if it holds one
 
     def _transaction(self) -> AbstractContextManager[Any]:
         if self.dialect.name == "postgresql":
@@ -118,11 +123,14 @@ class EventStore:
         receiver under load took a session, a connection and a ping (app.db.engine pings only the
         connections not used recently). Committed on success, rolled back otherwise; a connection
         that fails is thrown away and the others are pinged before their next use."""
-        pooled = self.engine.raw_connection()
+        held: HeldConnection | None = getattr(self._held, "connection", None)
+        pooled = self.engine.raw_connection() if held is None else held.take()
         driver: Any = pooled.driver_connection
+        usable = False
         try:
             yield driver
             driver.commit()  # nothing left to commit when the apply sent its own COMMIT
+            usable = True
         except BaseException as exc:
             if _lost(driver, exc):
                 pooled.invalidate()
@@ -130,14 +138,34 @@ class EventStore:
             else:
                 try:
                     driver.rollback()
+                    usable = True
                 except Exception:
                     pooled.invalidate()
                     mark_connections_suspect(self.engine)
             raise
         finally:
-            pooled.close()  # back to the pool (an invalidated one reconnects when next taken)
+            if held is None:
+                pooled.close()  # back to the pool (an invalidated one reconnects when next taken)
+            elif usable:
+                held.worked()
+            else:
+                held.release()
         with self._commits_lock:
             self.commits += 1
+
+    @contextmanager
+    def holding_a_connection(self) -> Iterator[None]:
+        """This thread's transactions on PostgreSQL share one pooled connection until the block ends,
+        instead of taking one from the pool for each (a receiver's writer thread, batch after batch)."""
+        if self.dialect.name != "postgresql" or getattr(self._held, "connection", None) is not None:
+            yield
+            return
+        held = self._held.connection = HeldConnection(self.engine)
+        try:
+            yield
+        finally:
+            del self._held.connection
+            held.release()
 
     def plan(self, events: Sequence[Event | PlannedEvent]) -> list[PlannedEvent]:
         return plan_all(events, self.engine.dialect, self.apply)
@@ -233,6 +261,9 @@ class WriterProcessStore:
 
     def ingest(self, events: Sequence[Event | PlannedEvent], *, keep_order: bool = False) -> Results:
         return self._results(self._submit(events, keep_order), len(events))
+
+    def holding_a_connection(self) -> AbstractContextManager[None]:
+        return nullcontext()  # the writer process holds its own
 
     def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
         """Batches are written while the next ones are planned. Up to IN_FLIGHT_EVENTS wait for

@@ -22,7 +22,7 @@ import re
 import select
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -114,7 +114,7 @@ class Template:
 
     def parameters(self, params: Any) -> list[bytes | None]:
         """The values of ``params`` as the statement's $1, $2, ... in PostgreSQL's text format."""
-        return [parameter(value) for value in self.values(params)]
+        return parameters_of(self.values(params))
 
 
 def _has_one_plan(sql: str) -> bool:
@@ -182,6 +182,14 @@ def parameter(value: Any) -> bytes | None:
     if "\x00" in text:  # libpq reads a text parameter up to its first NUL: refused, never cut short
         raise ValueError("a PostgreSQL text value cannot contain NUL (0x00)")
     return text.encode()
+
+
+def parameters_of(values: Iterable[Any]) -> list[bytes | None]:
+    """``parameter`` of each value; text without a call each (most values are text)."""
+    return [
+        value.encode() if value.__class__ is str and "\x00" not in value else parameter(value)
+        for value in values
+    ]
 
 
 @lru_cache(maxsize=256)
@@ -328,11 +336,19 @@ def _raise_first_failure(driver: Any, answers: Sequence[Any]) -> None:
             raise errors.error_from_result(answer, encoding=driver.info.encoding)
 
 
+# Per connection: what turns its results' rows into Python values, made once, not per query (as a
+# psycopg cursor keeps its own).
+_loaders: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def _row_loader(driver: Any) -> Any:
     """What turns a result's rows (text) into Python values, as the connection's cursors do."""
-    from psycopg.adapt import Transformer
+    loader = _loaders.get(driver)
+    if loader is None:
+        from psycopg.adapt import Transformer
 
-    return Transformer(driver)
+        loader = _loaders[driver] = Transformer(driver)
+    return loader
 
 
 class PipelinedQuery:
@@ -399,7 +415,7 @@ class PipelinedQuery:
             count = min(largest, 1 << (len(rows) - start).bit_length() - 1)
             chunk = rows[start : start + count]
             start += count
-            values = [parameter(value) for row in chunk for value in row]
+            values = parameters_of(value for row in chunk for value in row)
             self._parts.append(self._statement(template_of(_values_sql(head, width, count)), values))
             self._results.append(None)
 

@@ -147,10 +147,9 @@ def _observe(
     result: IngestResult,
     event_type: str | None,
     object_id: str | None,
-    started: float,
+    seconds: float,
 ) -> None:
-    """The delivery's line and metrics, once it is stored."""
-    seconds = time.perf_counter() - started
+    """The delivery's line and metrics, once it is stored (in ``seconds``)."""
     outcome = result.outcome.value
     metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
     if metrics is not None:
@@ -225,7 +224,24 @@ async def answer(
         logger.exception("Delivery %s could not be stored", event_id)
         response = error_response(500, "internal_error", "The event could not be stored. Stripe will retry.")
         return await response(scope, receive, send)
-    _observe(scope, result, event_type, object_id, started)
+    seconds = time.perf_counter() - started
+    try:
+        await _send_outcome(scope, receive, send, settings, result, refusal_code)
+    finally:
+        # After the answer is written: the client (Stripe waits for it) does not wait for the line
+        # and the metrics, and serially its next delivery arrives meanwhile.
+        _observe(scope, result, event_type, object_id, seconds)
+
+
+async def _send_outcome(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    settings: Settings,
+    result: IngestResult,
+    refusal_code: str,
+) -> None:
+    """The answer to a stored delivery (``answer``)."""
     applied_only = settings.answer_after == "applied"
     if result.outcome == Outcome.REFUSED:
         logger.warning("Refused a verified delivery (kept as a dead letter): %s", result.error)

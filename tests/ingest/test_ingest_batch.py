@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy import event as sqlalchemy_event
 
 from app.db.engine import make_engine
 from app.ingest.store import EventStore
@@ -316,3 +317,70 @@ def test_several_writer_threads_share_the_work_and_answer_every_event(engine: En
     assert all(r.outcome in ("applied", "stale") for r in results)
     # Whatever the interleaving, each item ends at its newest snapshot.
     assert items(engine) == {f"ii_t{k}": f"evt_t{max(n for n in range(60) if n % 7 == k)}" for k in range(7)}
+
+
+# Only PostgreSQL: a SQLite receiver writes through its writer process, which holds its own connection.
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
+def test_a_writer_thread_keeps_one_connection_from_batch_to_batch(engine: Engine) -> None:
+    """A receiver's writer takes a connection from the pool once, not once per batch (a lone delivery
+    is a batch), and gives it back when it ends; the transactions on it are as before."""
+    checkouts: list[int] = []
+    sqlalchemy_event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    store = EventStore(engine)
+
+    def backend() -> int:
+        with store._transaction() as driver:  # the connection a batch would run on
+            return int(driver.info.backend_pid)
+
+    with store.holding_a_connection():
+        first = backend()
+        results = [store.ingest([item_event(f"ii_held{n}", 100 + n)])[0] for n in range(3)]
+        assert backend() == first
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert [result.outcome for result in results] == ["applied"] * 3
+    assert len(checkouts) == 1
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    store.ingest([item_event("ii_held_after", 100)])  # outside the block: one checkout per batch
+    assert len(checkouts) == 2
+
+
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
+@pytest.mark.parametrize("idle", [False, True], ids=["recently-used", "idle"])
+def test_a_held_connection_that_was_lost_is_replaced(
+    engine: Engine, db_url: str, idle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's connection is cut (PostgreSQL restarted, a proxy timed out): when it has been idle
+    the ping before its next batch finds out, when it was just used the batch fails on it and is
+    retried on a new one; either way the next delivery is stored, on another backend."""
+    import psycopg
+
+    from app.db import engine as engines
+    from app.mirror import pipelined_query
+
+    failed_round_trips: list[BaseException] = []
+    real_run_pipeline = pipelined_query.run_pipeline
+
+    def observed(*args: Any) -> Any:
+        try:
+            return real_run_pipeline(*args)
+        except BaseException as exc:
+            failed_round_trips.append(exc)
+            raise
+
+    monkeypatch.setattr(pipelined_query, "run_pipeline", observed)
+    store = EventStore(engine)
+    with store.holding_a_connection():
+        store.ingest([item_event("ii_lost0", 100)])
+        with store._transaction() as driver:
+            lost = int(driver.info.backend_pid)
+        driver_url = db_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(driver_url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [lost])
+        if idle:
+            monkeypatch.setattr(engines, "RECENT_SECONDS", 0.0)  # as if it waited past it
+        (result,) = store.ingest([item_event("ii_lost1", 100)])
+        with store._transaction() as driver:
+            assert int(driver.info.backend_pid) != lost
+    assert result.outcome == "applied"
+    assert set(items(engine)) == {"ii_lost0", "ii_lost1"}
+    assert len(failed_round_trips) == (0 if idle else 1)  # idle: found by the ping, before the batch
