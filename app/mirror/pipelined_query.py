@@ -415,7 +415,7 @@ class PipelinedQuery:
             count = min(largest, 1 << (len(rows) - start).bit_length() - 1)
             chunk = rows[start : start + count]
             start += count
-            values = parameters_of(value for row in chunk for value in row)
+            values = parameters_of(itertools.chain.from_iterable(chunk))
             self._parts.append(self._statement(template_of(_values_sql(head, width, count)), values))
             self._results.append(None)
 
