@@ -137,6 +137,37 @@ def test_text_lines_and_the_level_switch(
         assert capsys.readouterr().err == ""
 
 
+def test_the_answer_is_written_before_the_delivery_line(
+    make_settings: Callable[..., Settings], restore_logging: None
+) -> None:
+    """Stripe waits for the answer, not for the line: the delivery's line (and its metrics) come once
+    the answer is written (serially the next delivery arrives meanwhile); the time to commit it
+    reports is the same."""
+    app = create_app(make_settings())
+    sent: list[str] = []
+
+    async def observed(scope: Any, receive: Any, send: Any) -> None:
+        async def recording(message: Any) -> None:
+            await send(message)
+            sent.append(message["type"])
+
+        await app(scope, receive, recording if scope["type"] == "http" else send)
+
+    answered_at_line: list[list[str]] = []
+
+    class AtTheLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("delivery evt_"):
+                answered_at_line.append(list(sent))
+
+    with TestClient(observed) as client:
+        configure_logging("info", "text")
+        logging.getLogger("billing_mirror.webhook").addHandler(AtTheLine())
+        event = make_event("invoiceitem.created", marked_item("ii_order"), event_id="evt_order")
+        assert deliver(client, event).status_code == 200
+    assert answered_at_line == [["http.response.start", "http.response.body"]]
+
+
 def test_other_commands_take_the_switch_too(db_url: str, restore_logging: None) -> None:
     runner = CliRunner()
     quiet = runner.invoke(cli, ["events", "prune", "--older-than", "1d", "--database-url", db_url])
