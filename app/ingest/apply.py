@@ -410,7 +410,7 @@ def _lone_event_row_sql(changed_a_row: str) -> str:
     planned = ", ".join(f"%({name})s" for name in _EVENT_ROW_NAMES)
     return (
         f"INSERT INTO stripe_events ({', '.join(EVENT_COLUMNS)})"
-        f" VALUES ({planned}, %({_CHANGED}_{RECEIVED_AT})s,"  # processed when received (not failed)
+        f" VALUES ({planned}, %({_EVENT_ROW_NAMES[RECEIVED_AT]})s,"  # processed when received (not failed)
         f" CASE WHEN {changed_a_row} THEN '{Outcome.APPLIED.value}'"
         f" ELSE '{Outcome.STALE.value}' END, 1, NULL) RETURNING outcome"
     )
@@ -429,9 +429,15 @@ def _lone_event_with_writes(events: Sequence[PlannedEvent]) -> PlannedEvent | No
     planned = events[0]
     if planned.dead_letter is not None or planned.error is not None or planned.after or not planned.writes:
         return None
-    if any(" RETURNING " in write_sql for write_sql, _, _ in planned.writes):
+    if any(_returns_rows(write_sql) for write_sql, _, _ in planned.writes):
         return None
     return planned
+
+
+@lru_cache(maxsize=512)
+def _returns_rows(write_sql: str) -> bool:
+    """Whether a write returns rows of its own (read per statement, not per event)."""
+    return " RETURNING " in write_sql
 
 
 @lru_cache(maxsize=512)

@@ -185,7 +185,8 @@ def parameter(value: Any) -> bytes | None:
 
 
 def parameters_of(values: Iterable[Any]) -> list[bytes | None]:
-    """``parameter`` of each value; text without a call each (most values are text)."""
+    """``parameter`` of each value; text, most of them, without a call each (32 stripe_events rows:
+    132 against 216 µs, bench/README.md, eighth session)."""
     return [
         value.encode() if value.__class__ is str and "\x00" not in value else parameter(value)
         for value in values

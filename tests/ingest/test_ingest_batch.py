@@ -347,13 +347,11 @@ def test_a_writer_thread_keeps_one_connection_from_batch_to_batch(engine: Engine
 @pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
 @pytest.mark.parametrize("idle", [False, True], ids=["recently-used", "idle"])
 def test_a_held_connection_that_was_lost_is_replaced(
-    engine: Engine, db_url: str, idle: bool, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, idle: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer's connection is cut (PostgreSQL restarted, a proxy timed out): when it has been idle
     the ping before its next batch finds out, when it was just used the batch fails on it and is
     retried on a new one; either way the next delivery is stored, on another backend."""
-    import psycopg
-
     from app.db import engine as engines
     from app.mirror import pipelined_query
 
@@ -373,9 +371,8 @@ def test_a_held_connection_that_was_lost_is_replaced(
         store.ingest([item_event("ii_lost0", 100)])
         with store._transaction() as driver:
             lost = int(driver.info.backend_pid)
-        driver_url = db_url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(driver_url, autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", [lost])
+        with engine.connect() as other:  # another connection of the pool
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": lost})
         if idle:
             monkeypatch.setattr(engines, "RECENT_SECONDS", 0.0)  # as if it waited past it
         (result,) = store.ingest([item_event("ii_lost1", 100)])
