@@ -158,6 +158,12 @@ class HeldConnection:
             pooled = self._pooled = self.engine.raw_connection()
         return pooled
 
+    def usable_now(self) -> PoolProxiedConnection | None:
+        """The connection when it needs no ping (``recently_used``), else None; no I/O either way."""
+        if self._pooled is None or not recently_used(self.engine, self._last_used):
+            return None
+        return self._pooled
+
     def worked(self) -> None:
         """Its transaction committed (or rolled back cleanly): kept, known good as of now."""
         self._last_used = time.monotonic()

@@ -338,16 +338,11 @@ def _apply_optimistically(
 ) -> list[IngestResult]:
     first_seen, dead_letters = _first_seen(events, order)
     if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and pipelined_query.usable(driver):
-        lone = _lone_event_with_writes(events)
+        lone = write_lone_event(driver, events) if len(events) == 1 else None
         if lone is not None:
-            folded = _stored_with_its_write(lone)
-            if folded is None:
-                return [_apply_lone_event(driver, lone)]
-            with pipelined_query.transaction(driver, begin=False) as query:
-                answer = query.execute(*folded)
-                query.send()
-            (outcome,) = answer.fetchall()[0]
-            return [IngestResult(lone.id, Outcome(outcome))]
+            with pipelined_query.sending(lone.query):
+                lone.query.send()
+            return [lone.result()]
         with pipelined_query.transaction(driver) as query:
             return _apply_in_two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
 
@@ -374,7 +369,7 @@ def _stored_with_its_write(planned: PlannedEvent) -> tuple[str, dict[str, Any]] 
     """A lone event (``_lone_event_with_writes``) whose one write is a single-row insert or upsert,
     as one statement that runs the write and stores the event with its outcome (applied when the
     write returned a row): one round trip and no BEGIN or COMMIT on PostgreSQL. None for any other
-    (``_apply_lone_event`` takes it)."""
+    (``write_lone_event`` writes the rest between BEGIN and COMMIT)."""
     if len(planned.writes) != 1:
         return None
     write_sql, params, many = planned.writes[0]
@@ -475,20 +470,40 @@ class _FlaggingCursor:
             self.execute(sql, params)
 
 
-def _apply_lone_event(driver: Any, planned: PlannedEvent) -> IngestResult:
-    """A batch of one event with several writes in one round trip, BEGIN and COMMIT included (as
-    deliveries come one at a time): a write that changes a row sets a setting of the transaction,
-    from which the event's row takes its outcome. Like the first pass of
-    ``_apply_in_two_queries``, as if the event were not stored yet: if it was, its INSERT fails."""
-    with pipelined_query.transaction(driver) as query:
-        flagging = _FlaggingCursor(query)
-        for write in coalesced(planned.writes):
-            run_write(flagging, *write)
-        answer = query.execute(_store_flagged_sql(), _event_row_params(planned))
-        query.command("COMMIT")
-        query.send()
-    (outcome,) = answer.fetchall()[0]
-    return IngestResult(planned.id, Outcome(outcome))
+class LoneEvent(NamedTuple):
+    """The one round trip of a lone event (``write_lone_event``), written, not sent yet."""
+
+    id: str
+    query: pipelined_query.PipelinedQuery
+    answer: pipelined_query.DeferredCursor  # its stripe_events row's outcome, once the query is sent
+
+    def result(self) -> IngestResult:
+        (outcome,) = self.answer.fetchall()[0]
+        return IngestResult(self.id, Outcome(outcome))
+
+
+def write_lone_event(driver: Any, events: Sequence[PlannedEvent]) -> LoneEvent | None:
+    """A batch of one event whose writes can tell in SQL whether they changed a row, as one round trip
+    on ``driver`` (as deliveries come one at a time), or None for any other batch. Like the first pass
+    of ``_apply_in_two_queries``, as if the event were not stored yet: if it was, its INSERT fails.
+
+    A single-row write goes with the event's row in one statement, its own transaction
+    (``_stored_with_its_write``). Several go between BEGIN and COMMIT: a write that changes a row sets
+    a setting of the transaction, from which the event's row takes its outcome."""
+    planned = _lone_event_with_writes(events)
+    if planned is None:
+        return None
+    folded = _stored_with_its_write(planned)
+    query = pipelined_query.PipelinedQuery(driver, in_block=folded is None)
+    if folded is not None:
+        return LoneEvent(planned.id, query, query.execute(*folded))
+    query.command("BEGIN")
+    flagging = _FlaggingCursor(query)
+    for write in coalesced(planned.writes):
+        run_write(flagging, *write)
+    answer = query.execute(_store_flagged_sql(), _event_row_params(planned))
+    query.command("COMMIT")
+    return LoneEvent(planned.id, query, answer)
 
 
 def _apply_in_two_queries(

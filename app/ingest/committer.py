@@ -4,6 +4,10 @@ The event loop hands each verified event to a writer thread and awaits its resul
 drains whatever is queued (up to ``max_batch``) into one transaction. Under load that turns
 hundreds of fsyncs into a few, while every caller still learns its outcome only after the commit.
 
+A delivery that finds nothing queued or being written (one at a time, as a quiet account's are) is
+stored from the event loop itself when it takes one round trip (EventStore.ingest_on_loop), its
+answer awaited while the loop reads the next requests, which go to the writers meanwhile.
+
 Several writers can overlap: while one waits for PostgreSQL's answer (with the GIL released),
 another plans its batch. Batches of different writers may touch the same rows; ingest orders its
 writes and redoes a batch that hit a deadlock, as it does for several receiver processes. (A
@@ -17,7 +21,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Self
 
@@ -52,6 +56,7 @@ class WriterStats:
     batches: int = 0  # ingest() calls, one transaction each unless the batch had to be redone
     events: int = 0
     largest_batch: int = 0
+    on_loop: int = 0  # of the events, those stored from the event loop (a lone delivery)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -95,6 +100,7 @@ class GroupCommitter:
         self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._unanswered = 0  # events submitted and not answered yet (read and written on the loop)
 
     @property
     def commits(self) -> int:
@@ -106,6 +112,7 @@ class GroupCommitter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.stop()  # the writers finish their batches; the loop resolves their futures afterwards
+        self.store.release_loop_connection()
 
     def start(self) -> None:
         for number in range(self.writers):
@@ -123,10 +130,20 @@ class GroupCommitter:
     async def submit(self, event: Event | PlannedEvent) -> IngestResult:
         if not self._threads:
             raise RuntimeError("GroupCommitter is not started")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[IngestResult] = loop.create_future()
-        self._queue.put((event, loop, future))
-        return await future
+        self._unanswered += 1
+        try:
+            if self._unanswered == 1:  # no batch to join: stored from here if it takes one round trip
+                stored = await self.store.ingest_on_loop(event)
+                if isinstance(stored, IngestResult):
+                    self._counted([stored], on_loop=True)
+                    return stored
+                event = stored
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[IngestResult] = loop.create_future()
+            self._queue.put((event, loop, future))
+            return await future
+        finally:
+            self._unanswered -= 1
 
     def unavailable(self) -> str | None:
         if not self._threads or not all(thread.is_alive() for thread in self._threads):
@@ -140,6 +157,17 @@ class GroupCommitter:
     def _run(self) -> None:
         with self.store.holding_a_connection():
             self._write_batches()
+
+    def _counted(self, batch: Sized, *, on_loop: bool = False) -> None:
+        """Count a batch stored (stats, then the ``on_batch`` hook)."""
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.events += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            if on_loop:
+                self.stats.on_loop += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), self.store.commits)
 
     def _write_batches(self) -> None:
         stopping = False
@@ -165,12 +193,7 @@ class GroupCommitter:
             results = list(self.store.ingest([event for event, _, _ in batch]))
         except Exception as exc:  # a bug in the store itself: fail these requests, keep the writer alive
             results = [IngestCrashed(f"{type(exc).__name__}: {exc}")] * len(batch)
-        with self._stats_lock:
-            self.stats.batches += 1
-            self.stats.events += len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        if self.on_batch is not None:
-            self.on_batch(len(batch), self.store.commits)
+        self._counted(batch)
         # One wake-up of each event loop per batch, not one per event: the loop thread competes
         # with this one for the GIL, and every call_soon_threadsafe writes to its self-pipe.
         answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IngestResult], Any]]] = {}

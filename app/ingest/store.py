@@ -8,6 +8,7 @@ session (SQLite) or on a pooled psycopg connection without a session (PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +31,7 @@ from app.ingest.apply import (
     apply_with_recovery,
     event_sql,
     write_ahead,
+    write_lone_event,
 )
 from app.ingest.plan import plan_event
 from app.ingest.writer_process import SqliteWriterProcess, WriterProcessError
@@ -53,6 +55,15 @@ class Ingests(Protocol):
 
     def holding_a_connection(self) -> AbstractContextManager[None]:
         """Meanwhile this thread's batches share one connection (a writer thread's whole life)."""
+        ...
+
+    async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
+        """Store a lone event from the running event loop when that takes one round trip and no
+        wait; else return it (planned, if it was) for a writer thread."""
+        ...
+
+    def release_loop_connection(self) -> None:
+        """Give back the connection ``ingest_on_loop`` keeps, if any."""
         ...
 
     @property
@@ -104,6 +115,8 @@ class EventStore:
         self.commits = 0  # transactions committed (group commit makes them far fewer than events)
         self._commits_lock = threading.Lock()  # several writer threads may commit at once
         self._held = threading.local()  # .connection: this thread's HeldConnection, if it holds one
+        self._loop_held: HeldConnection | None = None  # lone events' connection (ingest_on_loop)
+        self._loop_readying = False  # a thread is taking or pinging it
 
     def _transaction(self) -> AbstractContextManager[Any]:
         if self.dialect.name == "postgresql":
@@ -114,8 +127,7 @@ class EventStore:
     def _session_transaction(self) -> Iterator[Any]:
         with Session(self.engine) as session, session.begin():
             yield driver_connection(session)
-        with self._commits_lock:
-            self.commits += 1
+        self._committed()
 
     @contextmanager
     def _driver_transaction(self) -> Iterator[Any]:
@@ -150,6 +162,9 @@ class EventStore:
                 held.worked()
             else:
                 held.release()
+        self._committed()
+
+    def _committed(self) -> None:
         with self._commits_lock:
             self.commits += 1
 
@@ -165,6 +180,68 @@ class EventStore:
             yield
         finally:
             del self._held.connection
+            held.release()
+
+    async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
+        """A lone delivery stored from the running event loop, on a connection of its own, in the one
+        round trip of ``write_lone_event``, its answer awaited while the loop serves other requests:
+        no hand-over to a writer thread and back, which cost a serial delivery about a fifth of the
+        server's CPU (bench/README.md, ninth session). The caller (app.ingest.committer) comes here
+        only when no batch is queued or being written.
+
+        Returns the event (planned, on PostgreSQL) for a writer thread instead when it would take more:
+        not PostgreSQL; the loop's connection not known good as of RECENT_SECONDS ago (a thread pings
+        or replaces it meanwhile: no I/O waits on the loop); an event with more than one round trip;
+        or a failed attempt (stored before, a write refused, the connection lost: that connection is
+        dropped, nothing was committed, and the writer's careful path decides)."""
+        if self.dialect.name != "postgresql":
+            return event
+        (planned,) = self.plan([event])
+        held = self._loop_held
+        pooled = None if held is None or self._loop_readying else held.usable_now()
+        if held is None or pooled is None:
+            self._ready_loop_connection_soon()
+            return planned
+        lone = write_lone_event(pooled.driver_connection, [planned])
+        if lone is None:
+            return planned
+        try:
+            await lone.query.send_on_loop()
+        except BaseException as exc:
+            lost = _lost(lone.query.driver, exc)
+            pooled.invalidate()  # (closed: PostgreSQL rolls back whatever it had begun)
+            held.release()
+            if lost:
+                mark_connections_suspect(self.engine)
+            if isinstance(exc, Exception):
+                return planned
+            raise
+        held.worked()
+        self._committed()
+        return lone.result()
+
+    def _ready_loop_connection_soon(self) -> None:
+        """Take (or ping) the loop's connection in a thread of the loop's executor, one at a time."""
+        if self._loop_readying:
+            return
+        self._loop_readying = True
+        asyncio.get_running_loop().run_in_executor(None, self.ready_loop_connection)
+
+    def ready_loop_connection(self) -> None:
+        """(In a thread: it may ping or connect.) Make the connection ``ingest_on_loop`` uses ready."""
+        try:
+            held = self._loop_held or HeldConnection(self.engine)
+            held.take()  # pings it, or connects, as a writer thread's connection would be
+            held.worked()
+            self._loop_held = held
+        except Exception:  # the database is away: deliveries go to the writer threads, which say so
+            pass
+        finally:
+            self._loop_readying = False
+
+    def release_loop_connection(self) -> None:
+        held, self._loop_held = self._loop_held, None
+        if held is not None:
             held.release()
 
     def plan(self, events: Sequence[Event | PlannedEvent]) -> list[PlannedEvent]:
@@ -264,6 +341,12 @@ class WriterProcessStore:
 
     def holding_a_connection(self) -> AbstractContextManager[None]:
         return nullcontext()  # the writer process holds its own
+
+    async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
+        return event  # the writer process writes every batch
+
+    def release_loop_connection(self) -> None:
+        pass
 
     def ingest_in_order(self, batches: Iterable[Sequence[Event]]) -> Iterator[Results]:
         """Batches are written while the next ones are planned. Up to IN_FLIGHT_EVENTS wait for

@@ -17,6 +17,7 @@ loaders.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import select
@@ -283,14 +284,7 @@ def run_pipeline(driver: Any, preparing: Sequence[Template], statements: Sequenc
     pgconn.enter_pipeline_mode()
     answers: list[Any] = []
     try:
-        for template in preparing:
-            pgconn.send_prepare(template.name_bytes, template.numbered_bytes)
-        for name, text, params in statements:
-            if name is not None:
-                pgconn.send_query_prepared(name, params)
-            else:
-                pgconn.send_query_params(text, params)
-        pgconn.pipeline_sync()
+        _queue_statements(pgconn, preparing, statements)
         waiting = _sent(pgconn)
         while True:
             answer = _next_result(pgconn, waiting)
@@ -300,14 +294,83 @@ def run_pipeline(driver: Any, preparing: Sequence[Template], statements: Sequenc
                 break
             answers.append(answer)
     except BaseException:
-        try:
-            pgconn.exit_pipeline_mode()
-        except Exception:  # answers still owed (the connection was lost): it cannot be used again
-            driver.close()
+        _abandon_pipeline(driver)
         raise
-    pgconn.exit_pipeline_mode()
+    return _pipeline_answers(driver, len(preparing), answers)
+
+
+async def run_pipeline_on_loop(
+    driver: Any, preparing: Sequence[Template], statements: Sequence[Statement]
+) -> list[Any]:
+    """``run_pipeline`` from the running event loop: its answers are awaited, not waited for, so the
+    loop serves other requests meanwhile (a lone delivery, app.ingest.store)."""
+    loop = asyncio.get_running_loop()
+    pgconn = driver.pgconn
+    socket = pgconn.socket
+    pgconn.enter_pipeline_mode()
+    answers: list[Any] = []
+    ready: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    try:
+        _queue_statements(pgconn, preparing, statements)
+        while pgconn.flush():  # (a long query goes in several writes)
+            ready = loop.create_future()
+            loop.add_writer(socket, wake)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(socket)
+            pgconn.consume_input()
+        loop.add_reader(socket, wake)
+        try:
+            while True:
+                while pgconn.is_busy():
+                    ready = loop.create_future()
+                    await ready
+                    pgconn.consume_input()
+                answer = pgconn.get_result()
+                if answer is None:
+                    continue
+                if answer.status == _PIPELINE_SYNC:
+                    break
+                answers.append(answer)
+        finally:
+            loop.remove_reader(socket)
+    except BaseException:
+        _abandon_pipeline(driver)
+        raise
+    return _pipeline_answers(driver, len(preparing), answers)
+
+
+def _queue_statements(pgconn: Any, preparing: Sequence[Template], statements: Sequence[Statement]) -> None:
+    """Queue the PREPAREs, the statements and the Sync of a pipeline (sent as libpq flushes them)."""
+    for template in preparing:
+        pgconn.send_prepare(template.name_bytes, template.numbered_bytes)
+    for name, text, params in statements:
+        if name is not None:
+            pgconn.send_query_prepared(name, params)
+        else:
+            pgconn.send_query_params(text, params)
+    pgconn.pipeline_sync()
+
+
+def _abandon_pipeline(driver: Any) -> None:
+    """After a pipeline failed on the way: leave pipeline mode, or close a connection that cannot."""
+    try:
+        driver.pgconn.exit_pipeline_mode()
+    except Exception:  # answers still owed (the connection was lost): it cannot be used again
+        driver.close()
+
+
+def _pipeline_answers(driver: Any, prepared: int, answers: list[Any]) -> list[Any]:
+    """The statements' answers once the Sync came back (the PREPAREs' left out), or the first failure."""
+    driver.pgconn.exit_pipeline_mode()
     _raise_first_failure(driver, answers)
-    return answers[len(preparing) :]
+    return answers[prepared:]
 
 
 def _sent(pgconn: Any) -> select.poll:
@@ -455,17 +518,41 @@ class PipelinedQuery:
         """Send what was added in one round trip and read every statement's answer."""
         if not self._parts:
             return
+        preparing, parts, results = self._take_parts()
+        try:
+            answers = run_pipeline(self.driver, preparing, parts)
+        except BaseException:
+            self._failed(preparing)
+            raise
+        self._read(preparing, answers, results)
+
+    async def send_on_loop(self) -> None:
+        """``send``, its answers awaited on the running event loop (run_pipeline_on_loop)."""
+        if not self._parts:
+            return
+        preparing, parts, results = self._take_parts()
+        try:
+            answers = await run_pipeline_on_loop(self.driver, preparing, parts)
+        except BaseException:
+            self._failed(preparing)
+            raise
+        self._read(preparing, answers, results)
+
+    def _take_parts(self) -> tuple[list[Template], list[Statement], list[Result | None]]:
+        """What the next send sends (the PREPAREs this connection lacks first), taken from the query."""
         if self.driver is None:
             raise RuntimeError("a query written without a connection is sent by the one adopting it")
         parts, results = self._parts, self._results
         preparing = [template for name, template in self._executed.items() if name not in self._known]
         self._parts, self._results, self._executed = [], [], {}
-        try:
-            answers = run_pipeline(self.driver, preparing, parts)
-        except BaseException:
-            if preparing:
-                self._forget_prepared = True  # those before a failure stay: ask which
-            raise
+        return preparing, parts, results
+
+    def _failed(self, preparing: list[Template]) -> None:
+        if preparing:
+            self._forget_prepared = True  # those before a failure stay: ask which
+
+    def _read(self, preparing: list[Template], answers: list[Any], results: list[Result | None]) -> None:
+        """Each statement's row count and rows, from its answer."""
         self._known.update(template.name for template in preparing)
         if len(answers) != len(results):
             raise RuntimeError("PostgreSQL gave fewer answers than the query had statements")
@@ -502,16 +589,24 @@ class PipelinedQuery:
 def transaction(driver: Any, *, begin: bool = True) -> Iterator[PipelinedQuery]:
     """A transaction of PipelinedQuery sends on ``driver`` (a psycopg connection not in a transaction):
     BEGIN goes with the first statements, the caller ends with ``command("COMMIT")`` in its last
-    send; if anything raises before, the transaction is rolled back here. The connection is in
-    autocommit mode meanwhile, so that psycopg does not send a BEGIN of its own first. Without
+    send; if anything raises before, the transaction is rolled back here (``sending``). Without
     ``begin``, the one statement sent is its own transaction (PostgreSQL's implicit one)."""
-    was_autocommit = driver.autocommit
-    driver.autocommit = True
     query = PipelinedQuery(driver, in_block=begin)
     if begin:
         query.command("BEGIN")
-    try:
+    with sending(query):
         yield query
+
+
+@contextmanager
+def sending(query: PipelinedQuery) -> Iterator[None]:
+    """Meanwhile ``query``'s connection is in autocommit mode, so that psycopg does not send a BEGIN of
+    its own first; if anything raises, what the query began is rolled back."""
+    driver = query.driver
+    was_autocommit = driver.autocommit
+    driver.autocommit = True
+    try:
+        yield
     except BaseException:
         if not driver.closed and not driver.broken:
             query.recover()
