@@ -117,6 +117,7 @@ class EventStore:
         self._held = threading.local()  # .connection: this thread's HeldConnection, if it holds one
         self._loop_held: HeldConnection | None = None  # lone events' connection (ingest_on_loop)
         self._loop_readying = False  # a thread is taking or pinging it
+        self._loop_released = False  # given back (the receiver stops): a readying thread gives it back too
 
     def _transaction(self) -> AbstractContextManager[Any]:
         if self.dialect.name == "postgresql":
@@ -185,9 +186,9 @@ class EventStore:
     async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
         """A lone delivery stored from the running event loop, on a connection of its own, in the one
         round trip of ``write_lone_event``, its answer awaited while the loop serves other requests:
-        no hand-over to a writer thread and back, which cost a serial delivery about a fifth of the
-        server's CPU (bench/README.md, ninth session). The caller (app.ingest.committer) comes here
-        only when no batch is queued or being written.
+        no hand-over to a writer thread and back (a serial delivery's time and the server's CPU for
+        it: bench/README.md, ninth session). The caller (app.ingest.committer) comes here only when
+        no batch is queued or being written.
 
         Returns the event (planned, on PostgreSQL) for a writer thread instead when it would take more:
         not PostgreSQL; the loop's connection not known good as of RECENT_SECONDS ago (a thread pings
@@ -196,6 +197,7 @@ class EventStore:
         dropped, nothing was committed, and the writer's careful path decides)."""
         if self.dialect.name != "postgresql":
             return event
+        self._loop_released = False  # (in use again after release_loop_connection)
         (planned,) = self.plan([event])
         held = self._loop_held
         pooled = None if held is None or self._loop_readying else held.usable_now()
@@ -238,8 +240,11 @@ class EventStore:
             pass
         finally:
             self._loop_readying = False
+        if self._loop_released:  # the receiver stopped meanwhile
+            self.release_loop_connection()
 
     def release_loop_connection(self) -> None:
+        self._loop_released = True
         held, self._loop_held = self._loop_held, None
         if held is not None:
             held.release()
