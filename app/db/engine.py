@@ -143,19 +143,18 @@ class HeldConnection:
         self._last_used = -math.inf
 
     def take(self) -> PoolProxiedConnection:
-        pooled = self._pooled
-        if pooled is not None and not recently_used(self.engine, self._last_used):
+        pooled = self.usable_now()
+        if pooled is not None:
+            return pooled
+        if self._pooled is not None:
             try:
-                if pooled.dbapi_connection is None:  # (invalidated)
+                if self._pooled.dbapi_connection is None:  # (invalidated)
                     raise ConnectionError("the held connection was closed")
-                self.engine.dialect.do_ping(pooled.dbapi_connection)
+                self.engine.dialect.do_ping(self._pooled.dbapi_connection)
+                return self._pooled
             except Exception:  # as the pool's ping: this one is replaced, the others pinged
-                pooled.invalidate()
-                mark_connections_suspect(self.engine)
-                self.release()
-                pooled = None
-        if pooled is None:
-            pooled = self._pooled = self.engine.raw_connection()
+                self.discard(lost=True)
+        pooled = self._pooled = self.engine.raw_connection()
         return pooled
 
     def usable_now(self) -> PoolProxiedConnection | None:
@@ -167,6 +166,15 @@ class HeldConnection:
     def worked(self) -> None:
         """Its transaction committed (or rolled back cleanly): kept, known good as of now."""
         self._last_used = time.monotonic()
+
+    def discard(self, *, lost: bool) -> None:
+        """Close it (PostgreSQL rolls back what it had begun) and give it back: the pool reconnects
+        when it is next taken; ``lost``: the engine's other connections are pinged before their next use."""
+        if self._pooled is not None:
+            self._pooled.invalidate()
+        if lost:
+            mark_connections_suspect(self.engine)
+        self.release()
 
     def release(self) -> None:
         """Back to the pool (an invalidated one reconnects when next taken)."""

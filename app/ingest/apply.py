@@ -338,7 +338,7 @@ def _apply_optimistically(
 ) -> list[IngestResult]:
     first_seen, dead_letters = _first_seen(events, order)
     if speculate and len(first_seen) <= MAX_SPECULATED_EVENTS and pipelined_query.usable(driver):
-        lone = write_lone_event(driver, events) if len(events) == 1 else None
+        lone = write_lone_event(driver, events)
         if lone is not None:
             with pipelined_query.sending(lone.query):
                 lone.query.send()

@@ -200,8 +200,7 @@ class EventStore:
         self._loop_released = False  # (in use again after release_loop_connection)
         (planned,) = self.plan([event])
         held = self._loop_held
-        pooled = None if held is None or self._loop_readying else held.usable_now()
-        if held is None or pooled is None:
+        if held is None or self._loop_readying or (pooled := held.usable_now()) is None:
             self._ready_loop_connection_soon()
             return planned
         lone = write_lone_event(pooled.driver_connection, [planned])
@@ -210,11 +209,7 @@ class EventStore:
         try:
             await lone.query.send_on_loop()
         except BaseException as exc:
-            lost = _lost(lone.query.driver, exc)
-            pooled.invalidate()  # (closed: PostgreSQL rolls back whatever it had begun)
-            held.release()
-            if lost:
-                mark_connections_suspect(self.engine)
+            held.discard(lost=_lost(lone.query.driver, exc))
             if isinstance(exc, Exception):
                 return planned
             raise
