@@ -90,6 +90,9 @@ def make_engine(
     kwargs.setdefault("connect_args", postgres_connect_args(timeout_seconds))
     if not for_writing:
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+    # No statements PREPAREd by psycopg itself: after rolling back a transaction or a savepoint it had
+    # PREPAREd some in, it sends DEALLOCATE ALL, which drops those app.mirror.pipelined_query keeps too.
+    kwargs["connect_args"] = {**kwargs["connect_args"], "prepare_threshold": None}
     engine = create_engine(url, pool_size=5, max_overflow=5, **kwargs)
     _ping_unless_recently_used(engine)
     return engine

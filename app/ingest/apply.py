@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -515,15 +515,67 @@ def _apply_in_two_queries(
     dead_letters: list[int],
     ahead: WrittenAhead | None,
 ) -> list[IngestResult]:
-    """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included: every write, as if no
-    event were stored yet (the usual case), then the event rows with the COMMIT."""
+    """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included (``_two_queries``),
+    each sent from this thread."""
+    passes = _two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
+    try:
+        while True:
+            next(passes)
+            query.send()
+    except StopIteration as done:
+        results: list[IngestResult] = done.value
+        return results
+
+
+async def apply_on_loop(
+    driver: Any, sql: EventSql, events: Sequence[PlannedEvent]
+) -> list[IngestResult] | None:
+    """A batch applied as ``_apply_optimistically`` first tries it (a lone event in its one round trip,
+    else the two of ``_two_queries``), its round trips awaited on the running event loop, which
+    serves other requests meanwhile; ``driver`` is a psycopg connection outside any transaction.
+    None when the batch would not take that path (nothing sent). If it raises, a transaction may be
+    left open: the caller closes the connection (PostgreSQL rolls it back)."""
+    if not pipelined_query.usable(driver):
+        return None
+    lone = write_lone_event(driver, events)
+    if lone is not None:
+        await lone.query.send_on_loop()
+        return [lone.result()]
+    order = apply_order(events, False)
+    first_seen, dead_letters = _first_seen(events, order)
+    if len(first_seen) > MAX_SPECULATED_EVENTS:
+        return None
+    query = pipelined_query.PipelinedQuery(driver)
+    query.command("BEGIN")
+    passes = _two_queries(query, sql, events, order, first_seen, dead_letters, None)
+    try:
+        while True:
+            next(passes)
+            await query.send_on_loop()
+    except StopIteration as done:
+        results: list[IngestResult] = done.value
+        return results
+
+
+def _two_queries(
+    query: pipelined_query.PipelinedQuery,
+    sql: EventSql,
+    events: Sequence[PlannedEvent],
+    order: Sequence[int],
+    first_seen: dict[str, int],
+    dead_letters: list[int],
+    ahead: WrittenAhead | None,
+) -> Generator[None, None, list[IngestResult]]:
+    """The batch in two round trips: every write, as if no event were stored yet (the usual case),
+    then the event rows with the COMMIT. It yields when ``query`` is to be sent, and returns the
+    results."""
     if ahead is None:
         to_apply = _to_apply(events, order, first_seen, {})
         queued = queue_writes_of_events(query, [events[index].writes for index in to_apply])
     else:
         query.adopt(ahead.query)
         to_apply, queued = ahead.to_apply, ahead.queued
-    query.send()
+    yield
     changes = row_counts(queued)
     outcomes = _outcomes(events, order, first_seen, {}, dict(zip(to_apply, changes, strict=True)))
     # The rest and the COMMIT in one round trip; an INSERT of an event stored meanwhile fails.
@@ -535,7 +587,7 @@ def _apply_in_two_queries(
     if followups:
         row_counts(queue_writes_of_events(query, [followups]))
     query.command("COMMIT")
-    query.send()
+    yield
     return outcomes.results
 
 

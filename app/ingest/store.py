@@ -28,10 +28,10 @@ from app.ingest.apply import (
     EventSql,
     IngestResult,
     PlannedEvent,
+    apply_on_loop,
     apply_with_recovery,
     event_sql,
     write_ahead,
-    write_lone_event,
 )
 from app.ingest.plan import plan_event
 from app.ingest.writer_process import SqliteWriterProcess, WriterProcessError
@@ -57,9 +57,16 @@ class Ingests(Protocol):
         """Meanwhile this thread's batches share one connection (a writer thread's whole life)."""
         ...
 
-    async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
-        """Store a lone event from the running event loop when that takes one round trip and no
-        wait; else return it (planned, if it was) for a writer thread."""
+    @property
+    def writes_on_loop(self) -> bool:
+        """Whether deliveries are planned on the event loop and offered to ``ingest_on_loop`` first."""
+        ...
+
+    def plan(self, events: Sequence[Event | PlannedEvent]) -> list[PlannedEvent]: ...
+
+    async def ingest_on_loop(self, events: Sequence[PlannedEvent]) -> list[IngestResult] | None:
+        """Store a batch from the running event loop, without waiting on it; None (nothing of it
+        stored) when a writer thread must store it instead."""
         ...
 
     def release_loop_connection(self) -> None:
@@ -115,7 +122,7 @@ class EventStore:
         self.commits = 0  # transactions committed (group commit makes them far fewer than events)
         self._commits_lock = threading.Lock()  # several writer threads may commit at once
         self._held = threading.local()  # .connection: this thread's HeldConnection, if it holds one
-        self._loop_held: HeldConnection | None = None  # lone events' connection (ingest_on_loop)
+        self._loop_held: HeldConnection | None = None  # the event loop's connection (ingest_on_loop)
         self._loop_readying = False  # a thread is taking or pinging it
         self._loop_released = False  # given back (the receiver stops): a readying thread gives it back too
 
@@ -183,39 +190,40 @@ class EventStore:
             del self._held.connection
             held.release()
 
-    async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
-        """A lone delivery stored from the running event loop, on a connection of its own, in the one
-        round trip of ``write_lone_event``, its answer awaited while the loop serves other requests:
-        no hand-over to a writer thread and back (a serial delivery's time and the server's CPU for
-        it: bench/README.md, ninth session). The caller (app.ingest.committer) comes here only when
-        no batch is queued or being written.
+    @property
+    def writes_on_loop(self) -> bool:
+        return self.dialect.name == "postgresql"
 
-        Returns the event (planned, on PostgreSQL) for a writer thread instead when it would take more:
-        not PostgreSQL; the loop's connection not known good as of RECENT_SECONDS ago (a thread pings
-        or replaces it meanwhile: no I/O waits on the loop); an event with more than one round trip;
-        or a failed attempt (stored before, a write refused, the connection lost: that connection is
-        dropped, nothing was committed, and the writer's careful path decides)."""
-        if self.dialect.name != "postgresql":
-            return event
+    async def ingest_on_loop(self, events: Sequence[PlannedEvent]) -> list[IngestResult] | None:
+        """A batch stored from the running event loop on a connection of its own (``apply_on_loop``:
+        a lone event in one round trip, else two), its answers awaited while the loop serves other
+        requests and plans the next batch: no hand-over to a writer thread and back, and PostgreSQL
+        writes one batch while the loop plans the next (bench/README.md, ninth and tenth sessions).
+
+        None, for a writer thread's careful path, with nothing of the batch committed: not
+        PostgreSQL; the loop's connection not known good as of RECENT_SECONDS ago (a thread pings or
+        replaces it meanwhile: no I/O waits on the loop); a batch too large for that path; or a
+        failed attempt (an event stored before, a write refused, a deadlock, the connection lost:
+        that connection is dropped, and PostgreSQL rolls back what it had begun)."""
+        if not self.writes_on_loop:
+            return None
         self._loop_released = False  # (in use again after release_loop_connection)
-        (planned,) = self.plan([event])
         held = self._loop_held
         if held is None or self._loop_readying or (pooled := held.usable_now()) is None:
             self._ready_loop_connection_soon()
-            return planned
-        lone = write_lone_event(pooled.driver_connection, [planned])
-        if lone is None:
-            return planned
+            return None
+        driver = pooled.driver_connection
         try:
-            await lone.query.send_on_loop()
+            results = await apply_on_loop(driver, statements_for(self.dialect), events)
         except BaseException as exc:
-            held.discard(lost=_lost(lone.query.driver, exc))
+            held.discard(lost=_lost(driver, exc))
             if isinstance(exc, Exception):
-                return planned
+                return None
             raise
-        held.worked()
-        self._committed()
-        return lone.result()
+        if results is not None:
+            held.worked()
+            self._committed()
+        return results
 
     def _ready_loop_connection_soon(self) -> None:
         """Take (or ping) the loop's connection in a thread of the loop's executor, one at a time."""
@@ -342,8 +350,12 @@ class WriterProcessStore:
     def holding_a_connection(self) -> AbstractContextManager[None]:
         return nullcontext()  # the writer process holds its own
 
-    async def ingest_on_loop(self, event: Event | PlannedEvent) -> IngestResult | Event | PlannedEvent:
-        return event  # the writer process writes every batch
+    @property
+    def writes_on_loop(self) -> bool:
+        return False  # the writer process writes every batch
+
+    async def ingest_on_loop(self, events: Sequence[PlannedEvent]) -> list[IngestResult] | None:
+        return None
 
     def release_loop_connection(self) -> None:
         pass

@@ -307,6 +307,24 @@ async def run_pipeline_on_loop(
     loop = asyncio.get_running_loop()
     pgconn = driver.pgconn
     socket = pgconn.socket
+    # libpq keeps what the socket cannot take yet, sent as it becomes writable, instead of blocking
+    # the loop in a send until PostgreSQL has read a batch of hundreds of kilobytes.
+    pgconn.nonblocking = 1
+    try:
+        return await _run_pipeline_on_loop(loop, driver, socket, preparing, statements)
+    finally:
+        if not driver.closed:
+            pgconn.nonblocking = 0
+
+
+async def _run_pipeline_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    driver: Any,
+    socket: int,
+    preparing: Sequence[Template],
+    statements: Sequence[Statement],
+) -> list[Any]:
+    pgconn = driver.pgconn
     pgconn.enter_pipeline_mode()
     answers: list[Any] = []
     ready: asyncio.Future[None] | None = None

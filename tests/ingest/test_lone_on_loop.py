@@ -1,10 +1,11 @@
-"""A delivery that arrives alone (nothing queued or being written) is stored from the event loop in one
-round trip, without the hand-over to a writer thread; anything that round trip cannot settle goes to
-the writer thread as before."""
+"""On PostgreSQL deliveries are stored from the event loop (a lone one in one round trip, those planned
+while a batch is in flight as the next batch), without the hand-over to a writer thread; anything the
+loop cannot settle, and what comes while its batch waits for a lock, goes to the writer thread."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,12 +16,21 @@ from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
 from app.ingest.apply import IngestResult, PlannedEvent
+from app.ingest.committer import GroupCommitter, WriterStats
 from app.ingest.store import EventStore
 from app.mirror.dispatch import apply_event
 from app.mirror.envelope import Event, parse_event
 from app.mirror.outcome import Outcome
 from app.mirror.writes import Writes
-from tests.support import POSTGRESQL, LiveServer, encode, load_fixture, make_event, signed_headers
+from tests.support import (
+    POSTGRESQL,
+    LiveServer,
+    encode,
+    fails_for,
+    load_fixture,
+    make_event,
+    signed_headers,
+)
 
 PAYMENT = load_fixture("invoice_payment.paid.json")["data"]["object"]
 INVOICE = load_fixture("invoice.paid.json")["data"]["object"]
@@ -132,9 +142,10 @@ def test_a_duplicate_on_the_loop_is_answered_by_the_writer(client: TestClient, e
 
 
 @pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
-def test_what_the_loops_round_trip_cannot_settle_is_returned_for_the_writer(engine: Engine) -> None:
-    """EventStore.ingest_on_loop gives back, planned and with nothing of it stored, an event whose
-    write PostgreSQL refuses and a copy of a stored event; the writer's ingest then settles them."""
+def test_what_the_loop_cannot_settle_is_returned_for_the_writer(engine: Engine) -> None:
+    """EventStore.ingest_on_loop stores nothing of, and gives back (None), a copy of a stored event and
+    a batch with one write PostgreSQL refuses; the writer's ingest then settles them: the copy a
+    duplicate, the refused event failed, its neighbours applied."""
 
     def refusing(writes: Writes, event: Event) -> None:
         apply_event(writes, event)
@@ -142,28 +153,72 @@ def test_what_the_loops_round_trip_cannot_settle_is_returned_for_the_writer(engi
             writes.add("INSERT INTO invoice_line_sets (invoice) VALUES (NULL)", ())  # NOT NULL
 
     store = EventStore(engine, apply=refusing)
-    store.ready_loop_connection()
-    payment = parse_event(encode(payment_event(1, tag="settle")))
-    refused = parse_event(encode({**invoice_event(1), "id": "evt_refused_1"}))
+    payment, neighbour, invoice, refused, later, last = store.plan(
+        [
+            parse_event(encode(payment_event(1, tag="settle"))),
+            parse_event(encode(payment_event(2, tag="settle"))),
+            parse_event(encode(invoice_event(1))),
+            parse_event(encode({**invoice_event(2), "id": "evt_refused_1"})),
+            parse_event(encode(payment_event(3, tag="settle"))),
+            parse_event(encode(invoice_event(3))),
+        ]
+    )
 
-    async def on_loop() -> list[Any]:
-        return [await store.ingest_on_loop(event) for event in (payment, payment, refused)]
+    def on_loop(batch: list[PlannedEvent]) -> list[IngestResult] | None:
+        store.ready_loop_connection()  # (a failed attempt dropped the one before)
+        return asyncio.run(store.ingest_on_loop(batch))
 
-    first, again, refused_back = asyncio.run(on_loop())
-    assert first == IngestResult(payment.id, Outcome.APPLIED)
-    assert isinstance(again, PlannedEvent) and isinstance(refused_back, PlannedEvent)
+    assert on_loop([payment]) == [IngestResult(payment.id, Outcome.APPLIED)]
+    assert on_loop([payment]) is None
+    assert on_loop([neighbour, invoice, refused]) is None
     assert stored(engine, "SELECT id FROM stripe_events") == [(payment.id,)]
     assert stored(engine, "SELECT id FROM invoices") == []
-    (duplicate,) = store.ingest([again])
+
+    (duplicate,) = store.ingest([payment])
     assert (duplicate.outcome, duplicate.duplicate) == (Outcome.APPLIED, True)
-    (failed,) = store.ingest([refused_back])
-    assert failed.outcome == Outcome.FAILED and "invoice_line_sets" in (failed.error or "")
+    settled = store.ingest([neighbour, invoice, refused])
+    assert [result.outcome for result in settled] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.FAILED]
+    assert "invoice_line_sets" in (settled[2].error or "")
     assert stored(engine, "SELECT outcome FROM stripe_events WHERE id = 'evt_refused_1'") == [("failed",)]
-    assert stored(engine, "SELECT id FROM invoices") == []
-    store.ready_loop_connection()  # a new one: the failed attempts dropped theirs
-    later = parse_event(encode(payment_event(2, tag="settle")))
-    assert asyncio.run(store.ingest_on_loop(later)) == IngestResult(later.id, Outcome.APPLIED)
+    assert stored(engine, "SELECT id FROM invoices") == [("in_loop_001",)]
+
+    assert on_loop([later, last]) == [
+        IngestResult(later.id, Outcome.APPLIED),
+        IngestResult(last.id, Outcome.APPLIED),
+    ]
     store.release_loop_connection()
+
+
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
+def test_what_is_planned_while_the_loop_is_busy_goes_as_one_batch(engine: Engine) -> None:
+    """Deliveries submitted in one turn of the event loop: the first is stored at once (nothing was in
+    flight), those planned while it is are stored from the loop as the next batch, in one transaction,
+    each with its own outcome: new, a second copy of one of them, a handler that failed, a refused
+    body."""
+    store = EventStore(engine, apply=fails_for("evt_loop_900_1767225600"))
+    store.ready_loop_connection()
+    events = [parse_event(encode(payment_event(number))) for number in range(12)]
+    events += [parse_event(encode(invoice_event(number))) for number in range(12)]
+    broken = parse_event(encode(payment_event(900)))
+
+    async def deliver() -> tuple[list[IngestResult], WriterStats]:
+        async with GroupCommitter(store) as committer:
+            submitted = [committer.submit(event) for event in [*events, events[5], broken]]
+            results = await asyncio.gather(*submitted, committer.refuse(b"[]", "not_an_object", "no"))
+            return list(results), committer.stats
+
+    results, stats = asyncio.run(deliver())
+    outcomes = [result.outcome for result in results]
+    assert outcomes == [Outcome.APPLIED] * 25 + [Outcome.FAILED, Outcome.REFUSED]
+    assert [result.duplicate for result in results] == [False] * 24 + [True] + [False] * 2
+    assert (stats.batches, stats.largest_batch, stats.events, stats.on_loop) == (2, 26, 27, 27)
+    assert store.commits == 2
+    rows = stored(
+        engine, "SELECT outcome, count(*) FROM stripe_events WHERE id LIKE 'evt_loop_%' GROUP BY outcome"
+    )
+    assert dict(rows) == {"applied": 24, "failed": 1}
+    assert stored(engine, "SELECT count(*) FROM dead_letters") == [(1,)]
+    assert len(stored(engine, "SELECT id FROM invoices WHERE id LIKE 'in_loop_%'")) == 12
 
 
 @pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
@@ -196,7 +251,8 @@ def server(live_server: Callable[..., LiveServer]) -> Iterator[LiveServer]:
 @pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
 def test_a_lone_delivery_waiting_for_a_lock_holds_up_no_other(server: LiveServer, engine: Engine) -> None:
     """A delivery stored from the loop waits for a row another transaction has locked; the deliveries
-    that come meanwhile are read, stored by the writer thread and answered before it."""
+    that come meanwhile (after STALLED_SECONDS) are read, stored by the writer thread and answered
+    before it."""
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, bool, int]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -236,3 +292,59 @@ def test_a_lone_delivery_waiting_for_a_lock_holds_up_no_other(server: LiveServer
         (newer_id,)
     ]
     assert len(stored(engine, "SELECT id FROM invoice_payments WHERE id LIKE 'inpay_other_%'")) == 5
+
+
+def invoice_with_lines(number: int, lines: int, *, created: int) -> dict[str, Any]:
+    """``invoice_event(number)`` with ``lines`` lines (the event a few hundred kilobytes)."""
+    event = invoice_event(number, created=created)
+    invoice = event["data"]["object"]
+    template = invoice["lines"]["data"][0]
+    invoice["lines"] = {
+        **invoice["lines"],
+        "data": [{**template, "id": f"il_big_{number:03d}_{line:04d}"} for line in range(lines)],
+    }
+    return event
+
+
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
+def test_a_batch_the_socket_cannot_take_at_once_does_not_block_the_loop(engine: Engine) -> None:
+    """PostgreSQL reads a query only as it runs it: while the batch's first write waits for a row
+    another transaction holds, megabytes of the batch wait in the socket. Meanwhile the event loop
+    goes on (libpq sends what the socket takes as it takes it); a send that waited for the socket
+    would hold the loop until the lock is released."""
+    store = EventStore(engine)
+    store.ingest([parse_event(encode(invoice_event(0)))])
+    batch = store.plan(
+        [parse_event(encode(invoice_with_lines(n, 120, created=1_767_229_000))) for n in range(60)]
+    )
+    store.ready_loop_connection()
+    with engine.connect() as locker:
+        locker.execute(text("SELECT 1 FROM invoices WHERE id = 'in_loop_000' FOR UPDATE"))
+        release = threading.Timer(2.0, locker.rollback)  # (from a thread: the loop may be held)
+
+        async def scenario() -> tuple[int, list[IngestResult] | None]:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            storing = asyncio.create_task(store.ingest_on_loop(batch))
+            await asyncio.sleep(0.5)
+            ticks_while_locked = ticks
+            results = await storing
+            ticker.cancel()
+            return ticks_while_locked, results
+
+        release.start()
+        try:
+            ticks_while_locked, results = asyncio.run(scenario())
+        finally:
+            release.join()
+    assert ticks_while_locked >= 10
+    assert results is not None and [result.outcome for result in results] == [Outcome.APPLIED] * 60
+    assert stored(engine, "SELECT count(*) FROM invoice_line_items WHERE id LIKE 'il_big_%'") == [(7200,)]
+    store.release_loop_connection()
