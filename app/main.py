@@ -88,7 +88,12 @@ def committer_for(settings: Settings, engine: Engine) -> Committer:
         return SqliteCommitter(path, engine.dialect, max_batch=settings.max_batch_size)
     # PostgreSQL writes in its own processes; an in-memory SQLite database only this process can open.
     writers = 1 if is_sqlite(settings.database_url) else POSTGRES_WRITERS
-    return GroupCommitter(EventStore(engine), max_batch=settings.max_batch_size, writers=writers)
+    return GroupCommitter(
+        EventStore(engine),
+        max_batch=settings.max_batch_size,
+        writers=writers,
+        batches_on_loop=settings.server_processes == 1,
+    )
 
 
 def _collect_garbage_less_often() -> tuple[int, int, int]:

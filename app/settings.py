@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     api_keys: CommaSeparated = Field((), validation_alias="BILLING_MIRROR_API_KEYS")
     # Upper bound on how many events share one commit (group commit); no environment variable.
     max_batch_size: int = 256
+    # How many processes serve (`serve --workers`, which sets it for them): with one, its event loop
+    # stores batches on PostgreSQL; with several, each process's writer thread does (app.ingest.committer).
+    server_processes: int = Field(1, ge=1, validation_alias="BILLING_MIRROR_SERVER_PROCESSES")
     # Reading Stripe's API (sync, catch-up, reconcile, refresh): a secret or restricted key (read
     # access is enough), where to send requests, the Connect account, and the version to render in.
     stripe_api_key: str | None = Field(None, validation_alias="STRIPE_API_KEY")

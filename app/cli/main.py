@@ -149,6 +149,7 @@ def serve(
             log_level=log_level or (ctx.obj or {}).get("log_level"),
             log_format=log_format or (ctx.obj or {}).get("log_format"),
             metrics_port=metrics_port,
+            server_processes=workers,
         )
         settings.require_secrets()
         if settings.catch_up_seconds and not settings.stripe_api_key:
@@ -171,6 +172,7 @@ def serve(
     os.environ["BILLING_MIRROR_BODY_TIMEOUT"] = str(settings.body_timeout_seconds)
     os.environ["BILLING_MIRROR_KEEP_ALIVE"] = str(settings.keep_alive_seconds)
     os.environ["BILLING_MIRROR_MAX_CONNECTIONS"] = str(settings.max_connections)
+    os.environ["BILLING_MIRROR_SERVER_PROCESSES"] = str(settings.server_processes)
     if settings.metrics_port:
         os.environ["BILLING_MIRROR_METRICS_PORT"] = str(settings.metrics_port)
     run_server(settings, host=host, port=port, workers=workers)

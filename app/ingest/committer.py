@@ -13,7 +13,8 @@ The writer threads take the rest, draining their queue into one transaction at a
 loop cannot store (its connection not known good right now, a failed attempt: nothing of it is
 committed), which their careful path (app.ingest.apply) redoes; what is planned while a batch on the
 loop takes longer than STALLED_SECONDS (it waits for a row another transaction holds, a slow disk),
-so that it holds up no other; and, on any other database, every event. Batches of different
+so that it holds up no other; with ``batches_on_loop`` false (a receiver of several processes), every
+delivery but a lone one; and, on any other database, every event. Batches of different
 writers, or of a writer and the loop, may touch the same rows; ingest orders its writes and redoes a
 batch that hit a deadlock, as it does for several receiver processes. (A receiver on a SQLite file
 uses app.ingest.sqlite_committer instead, on the event loop, with its writer process.)
@@ -96,17 +97,23 @@ class Committer(Protocol):
 
 
 class GroupCommitter:
-    def __init__(self, store: Ingests, max_batch: int = 256, writers: int = 1) -> None:
+    def __init__(
+        self, store: Ingests, max_batch: int = 256, writers: int = 1, *, batches_on_loop: bool = True
+    ) -> None:
         if writers < 1:
             raise ValueError("a GroupCommitter needs at least one writer")
         self.store = store
         self.max_batch = max_batch
         self.writers = writers
+        # False: only a lone delivery is stored from the loop, the rest by the writer threads (a
+        # receiver of several processes, bench/README.md, tenth session).
+        self.batches_on_loop = batches_on_loop
         self.stats = WriterStats()
         self.on_batch: BatchHook | None = None
         self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._unanswered = 0  # events submitted and not answered yet (read and written on the loop)
         # Planned on the loop, waiting for its sender (both only touched on the loop).
         self._loop_pending: list[tuple[PlannedEvent, asyncio.Future[IngestResult]]] = []
         self._loop_sending = False  # a batch is being stored from the loop, or its sender task runs
@@ -148,10 +155,18 @@ class GroupCommitter:
         if not self.store.writes_on_loop:
             self._queue.put((event, loop, future))
             return await future
-        (planned,) = self.store.plan([event])
-        if self._loop_stalled:
-            self._queue.put((planned, loop, future))
-            return await future
+        self._unanswered += 1
+        try:
+            if self._loop_stalled or (not self.batches_on_loop and self._unanswered > 1):
+                self._queue.put((event, loop, future))
+                return await future
+            return await self._on_loop(self.store.plan([event])[0], future, loop)
+        finally:
+            self._unanswered -= 1
+
+    async def _on_loop(
+        self, planned: PlannedEvent, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop
+    ) -> IngestResult:
         self._loop_pending.append((planned, future))
         if self._loop_sending:
             return await future  # the next batch

@@ -294,6 +294,25 @@ def test_a_lone_delivery_waiting_for_a_lock_holds_up_no_other(server: LiveServer
     assert len(stored(engine, "SELECT id FROM invoice_payments WHERE id LIKE 'inpay_other_%'")) == 5
 
 
+@pytest.mark.parametrize("db_url", [POSTGRESQL], indirect=True)
+def test_in_a_receiver_of_several_processes_only_a_lone_delivery_goes_on_the_loop(engine: Engine) -> None:
+    """``batches_on_loop=False`` (``serve --workers 2`` and more): the first delivery of a wave is
+    stored from the loop, those that come while it is in flight by the writer thread."""
+    store = EventStore(engine)
+    store.ready_loop_connection()
+    events = [parse_event(encode(payment_event(number, tag="workers"))) for number in range(10)]
+
+    async def deliver() -> tuple[list[IngestResult], WriterStats]:
+        async with GroupCommitter(store, batches_on_loop=False) as committer:
+            results = await asyncio.gather(*(committer.submit(event) for event in events))
+            return list(results), committer.stats
+
+    results, stats = asyncio.run(deliver())
+    assert [result.outcome for result in results] == [Outcome.APPLIED] * 10
+    assert (stats.events, stats.on_loop) == (10, 1)
+    assert stored(engine, "SELECT count(*) FROM invoice_payments WHERE id LIKE 'inpay_workers_%'") == [(10,)]
+
+
 def invoice_with_lines(number: int, lines: int, *, created: int) -> dict[str, Any]:
     """``invoice_event(number)`` with ``lines`` lines (the event a few hundred kilobytes)."""
     event = invoice_event(number, created=created)

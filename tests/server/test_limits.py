@@ -82,6 +82,7 @@ def test_serve_options_reach_the_server_and_the_environment_of_its_workers(
     settings = served["settings"]
     assert (settings.header_timeout_seconds, settings.body_timeout_seconds) == (4, 60)
     assert (settings.keep_alive_seconds, settings.max_connections, served["workers"]) == (2, 9, 2)
+    assert settings.server_processes == 2  # each stores its batches through its writer thread
     assert Settings.from_env() == settings  # what each worker process reads
 
 
