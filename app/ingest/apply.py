@@ -518,13 +518,9 @@ def _apply_in_two_queries(
     """The batch on PostgreSQL in two round trips, BEGIN and COMMIT included (``_two_queries``),
     each sent from this thread."""
     passes = _two_queries(query, sql, events, order, first_seen, dead_letters, ahead)
-    try:
-        while True:
-            next(passes)
-            query.send()
-    except StopIteration as done:
-        results: list[IngestResult] = done.value
-        return results
+    while (results := _next_send(passes)) is None:
+        query.send()
+    return results
 
 
 async def apply_on_loop(
@@ -548,13 +544,19 @@ async def apply_on_loop(
     query = pipelined_query.PipelinedQuery(driver)
     query.command("BEGIN")
     passes = _two_queries(query, sql, events, order, first_seen, dead_letters, None)
+    while (results := _next_send(passes)) is None:
+        await query.send_on_loop()
+    return results
+
+
+def _next_send(passes: Generator[None, None, list[IngestResult]]) -> list[IngestResult] | None:
+    """Run ``_two_queries`` up to its next send (None: send the query now), or to its end: its results."""
     try:
-        while True:
-            next(passes)
-            await query.send_on_loop()
+        next(passes)
     except StopIteration as done:
         results: list[IngestResult] = done.value
         return results
+    return None
 
 
 def _two_queries(

@@ -304,27 +304,23 @@ async def run_pipeline_on_loop(
 ) -> list[Any]:
     """``run_pipeline`` from the running event loop: its answers are awaited, not waited for, so the
     loop serves other requests meanwhile (a lone delivery, app.ingest.store)."""
-    loop = asyncio.get_running_loop()
     pgconn = driver.pgconn
-    socket = pgconn.socket
     # libpq keeps what the socket cannot take yet, sent as it becomes writable, instead of blocking
     # the loop in a send until PostgreSQL has read a batch of hundreds of kilobytes.
     pgconn.nonblocking = 1
     try:
-        return await _run_pipeline_on_loop(loop, driver, socket, preparing, statements)
+        return await _pipeline_on_loop(driver, preparing, statements)
     finally:
         if not driver.closed:
             pgconn.nonblocking = 0
 
 
-async def _run_pipeline_on_loop(
-    loop: asyncio.AbstractEventLoop,
-    driver: Any,
-    socket: int,
-    preparing: Sequence[Template],
-    statements: Sequence[Statement],
+async def _pipeline_on_loop(
+    driver: Any, preparing: Sequence[Template], statements: Sequence[Statement]
 ) -> list[Any]:
+    loop = asyncio.get_running_loop()
     pgconn = driver.pgconn
+    socket = pgconn.socket
     pgconn.enter_pipeline_mode()
     answers: list[Any] = []
     ready: asyncio.Future[None] | None = None
